@@ -1,0 +1,38 @@
+# One command each on a fresh clone: `make train`, `make test`. Both install first when needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install train test test-slow test-all lint clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes, so a second `make install` does nothing.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Train the default model on the embedded synthetic data set; pass overrides with ARGS="...".
+train: install
+	$(BIN)/python -m hpa.train $(ARGS)
+
+# The default suite (under 10 minutes on 2 CPU cores); slow tests are in test-slow.
+test: install
+	$(BIN)/pytest
+
+test-slow: install
+	$(BIN)/pytest -m slow
+
+test-all: install
+	$(BIN)/pytest -m "slow or not slow"
+
+lint: install
+	$(BIN)/ruff check hpa tests
+	$(BIN)/ruff format --check hpa tests
+
+clean:
+	rm -rf logs .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""Errors that stop a run with one clear message instead of a traceback."""
+
+
+class HPAInputError(Exception):
+    """Bad input data or configuration: the message names the file or csv row and the problem."""

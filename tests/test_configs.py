@@ -1,0 +1,102 @@
+"""Every option of every config group, and every experiment, composes and resolves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = [
+    "data",
+    "augment",
+    "model",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "callbacks",
+    "logger",
+    "paths",
+    "hydra",
+    "experiment",
+    "debug",
+]
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def compose_train(overrides: list[str], tmp_path: Path):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.root_dir = str(tmp_path)
+    return cfg
+
+
+def resolved(cfg) -> dict:
+    """Resolve the job config (not Hydra's own node, which needs a running job)."""
+    job = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    return OmegaConf.to_container(job, resolve=True, throw_on_missing=False)
+
+
+def test_every_group_in_the_defaults_list_has_options():
+    defaults = OmegaConf.load(CONF_DIR / "train.yaml").defaults
+    named = {next(iter(entry)).replace("optional ", "") for entry in defaults if entry != "_self_"}
+    assert set(GROUPS) == named
+    for group in GROUPS:
+        assert group_options(group), f"conf/{group}/ has no options"
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [(group, option) for group in GROUPS for option in group_options(group)],
+)
+def test_option_composes_and_resolves(group: str, option: str, tmp_path: Path):
+    overrides = [f"{group}={option}"]
+    if option == "hpa" or group == "experiment":
+        overrides.append("data.root=/some/hpa")
+    cfg = compose_train(overrides, tmp_path)
+    job = resolved(cfg)
+    assert job["seed"] == 0
+    assert job["task_name"] in {"train", "debug"}
+    assert isinstance(job["data"]["root"], str) and job["data"]["root"]
+    if job.get("scheduler"):
+        assert job["scheduler"]["_partial_"] is True
+    assert job["optimizer"]["_partial_"] is True
+
+
+def test_experiment_overrides_take_effect(tmp_path: Path):
+    job = resolved(compose_train(["experiment=seed_resnet50_oversample"], tmp_path))
+    assert job["model"]["name"] == "resnet50"
+    assert job["model"]["pretrained"] is True
+    assert job["data"]["oversample"] is True
+    winners = resolved(compose_train(["experiment=winners_densenet121"], tmp_path))
+    assert winners["model"]["name"] == "densenet121"
+    assert winners["loss"]["_target_"].endswith("FocalLoss")
+    assert winners["data"]["image_size"] == 512
+
+
+def test_debug_fast_drops_the_logger_and_shortens_the_run(tmp_path: Path):
+    job = resolved(compose_train(["debug=fast"], tmp_path))
+    assert job["logger"] is None
+    assert job["trainer"]["max_epochs"] == 1
+    assert job["trainer"]["limit_train_batches"] == 4
+
+
+def test_any_timm_model_by_name(tmp_path: Path):
+    job = resolved(compose_train(["model.name=convnext_atto"], tmp_path))
+    assert job["model"]["name"] == "convnext_atto"
+    assert job["model"]["_target_"] == "hpa.models.module.HPAModule"
+
+
+def test_seed_zero_is_kept_and_null_is_allowed(tmp_path: Path):
+    assert resolved(compose_train(["seed=0"], tmp_path))["data"]["split_seed"] == 0
+    assert resolved(compose_train(["seed=null"], tmp_path))["seed"] is None
