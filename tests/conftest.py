@@ -1,0 +1,43 @@
+"""Shared fixtures: the real competition files in ../shared (never copied into the repo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/hpa2018"
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The real HPA 2018 files (train.csv, sample_submission.csv, real_channels/)."""
+    if not SHARED_DATA_DIR.is_dir():
+        pytest.skip(f"real HPA data not found at {SHARED_DATA_DIR}")
+    return SHARED_DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def real_train_csv(shared_data_dir: Path) -> Path:
+    path = shared_data_dir / "train.csv"
+    if not path.is_file():
+        pytest.skip(f"real train.csv not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_train_labels(real_train_csv: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, N x 28 uint8 labels) of the real train.csv, read once per test session."""
+    from hpa.data.reader import read_labels_csv
+
+    return read_labels_csv(real_train_csv)
+
+
+@pytest.fixture(scope="session")
+def real_channels_dir(shared_data_dir: Path) -> Path:
+    """48 real 512x512 8-bit channel PNGs, each from a different sample, and their labels.csv."""
+    path = shared_data_dir / "real_channels"
+    if not path.is_dir():
+        pytest.skip(f"real channel PNGs not found at {path}")
+    return path

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from hpa.data.sampler import (
+    OversamplingSampler,
+    class_weights,
+    expected_class_frequency,
+    frequency_rows,
+    frequency_table,
+    image_weights,
+)
+from hpa.errors import HPAInputError
+from hpa.labels import CLASS_NAMES, KAGGLE_CLASS_COUNTS, NUM_CLASSES, SEED_MINORITY_CLASSES
+
+MINORITY = list(SEED_MINORITY_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def labels(real_train_labels: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    return real_train_labels[1]
+
+
+@pytest.fixture(scope="module")
+def default_weights(labels: np.ndarray) -> np.ndarray:
+    return image_weights(labels, class_weights(labels.sum(axis=0)))
+
+
+def test_minority_strategy_boosts_only_the_listed_classes() -> None:
+    weights = class_weights(KAGGLE_CLASS_COUNTS)
+    assert weights.shape == (NUM_CLASSES,)
+    assert (weights[MINORITY] == 8.0).all()
+    assert (np.delete(weights, MINORITY) == 1.0).all()
+    custom = class_weights(KAGGLE_CLASS_COUNTS, minority_classes=[3], boost=2.5)
+    np.testing.assert_array_equal(custom, np.where(np.arange(NUM_CLASSES) == 3, 2.5, 1.0))
+
+
+def test_inverse_frequency_strategy() -> None:
+    counts = np.full(NUM_CLASSES, 100)
+    counts[0], counts[1], counts[2], counts[3] = 400, 1, 0, 25
+    weights = class_weights(counts, strategy="inverse_frequency", power=0.5, max_weight=10.0)
+    assert weights[0] == 1.0  # the most frequent class
+    assert weights[4] == pytest.approx(2.0)  # sqrt(400 / 100)
+    assert weights[3] == pytest.approx(4.0)  # sqrt(400 / 25)
+    assert weights[1] == 10.0  # sqrt(400) = 20, clipped
+    assert weights[2] == 1.0  # no images
+    linear = class_weights(KAGGLE_CLASS_COUNTS, strategy="inverse_frequency", power=1.0)
+    assert linear[27] == 50.0 and linear[0] == 1.0
+    assert linear[25] == pytest.approx(12885 / 8228)
+
+
+def test_bad_strategy_settings_are_refused() -> None:
+    with pytest.raises(HPAInputError, match="strategy"):
+        class_weights(KAGGLE_CLASS_COUNTS, strategy="balanced")
+    with pytest.raises(HPAInputError, match="boost"):
+        class_weights(KAGGLE_CLASS_COUNTS, boost=0)
+    with pytest.raises(HPAInputError, match="minority class"):
+        class_weights(KAGGLE_CLASS_COUNTS, minority_classes=[28])
+
+
+def test_image_weight_is_the_max_of_its_class_weights(labels: np.ndarray) -> None:
+    weights_of_classes = class_weights(labels.sum(axis=0), strategy="inverse_frequency")
+    weights = image_weights(labels, weights_of_classes)
+    assert weights.shape == (len(labels),)
+    for row in range(0, len(labels), 7):  # every 7th image, checked one by one
+        expected = max(weights_of_classes[c] for c in np.flatnonzero(labels[row]))
+        assert weights[row] == expected
+    unlabelled_and_mixed = np.zeros((2, NUM_CLASSES), dtype=np.uint8)
+    unlabelled_and_mixed[1, [0, 27]] = 1
+    expected_weights = [1.0, weights_of_classes[27]]
+    assert image_weights(unlabelled_and_mixed, weights_of_classes).tolist() == expected_weights
+
+
+def test_uniform_weights_give_the_plain_epoch_frequency(labels: np.ndarray) -> None:
+    frequency = expected_class_frequency(labels, np.ones(len(labels)))
+    np.testing.assert_allclose(frequency, np.asarray(KAGGLE_CLASS_COUNTS) / len(labels))
+
+
+def test_default_oversampling_raises_minority_frequency(
+    labels: np.ndarray, default_weights: np.ndarray
+) -> None:
+    before = expected_class_frequency(labels, np.ones(len(labels)))
+    after = expected_class_frequency(labels, default_weights)
+    factor = after / before
+    # Every minority image weighs 8; the total weight grows by ~12 %, so the factor is ~7.2.
+    assert (factor[MINORITY] > 6.5).all(), factor[MINORITY]
+    others = np.delete(np.arange(NUM_CLASSES), MINORITY)
+    assert (factor[others] < 2.0).all()  # the others only rise through co-occurring labels
+    assert before[MINORITY].sum() < 0.02 and after[MINORITY].sum() > 0.12  # summed frequencies
+
+
+def test_drawn_epoch_matches_the_expected_frequency(
+    labels: np.ndarray, default_weights: np.ndarray
+) -> None:
+    sampler = OversamplingSampler(default_weights, seed=0)
+    drawn = np.fromiter(iter(sampler), dtype=np.int64)
+    assert len(drawn) == len(sampler) == len(labels)
+    assert drawn.min() >= 0 and drawn.max() < len(labels)
+    observed = labels[drawn].sum(axis=0)
+    expected = expected_class_frequency(labels, default_weights) * len(drawn)
+    binomial_sd = np.sqrt(expected * (1 - expected / len(drawn)))
+    z_scores = (observed - expected) / binomial_sd
+    assert np.abs(z_scores).max() < 5, dict(enumerate(np.round(z_scores, 1)))
+    relative_error = np.abs(observed - expected)[MINORITY] / expected[MINORITY]
+    assert relative_error.max() < 0.35, relative_error  # rarest: ~80 expected draws
+
+
+def test_set_epoch_changes_and_repeats_draws(default_weights: np.ndarray) -> None:
+    sampler = OversamplingSampler(default_weights, num_samples=1000, seed=5)
+    epoch_0 = list(sampler)
+    assert list(sampler) == epoch_0
+    sampler.set_epoch(1)
+    epoch_1 = list(sampler)
+    assert epoch_1 != epoch_0 and len(epoch_1) == 1000
+    sampler.set_epoch(0)
+    assert list(sampler) == epoch_0
+    same_seed = OversamplingSampler(default_weights, num_samples=1000, seed=5)
+    same_seed.set_epoch(1)
+    assert list(same_seed) == epoch_1
+    assert list(OversamplingSampler(default_weights, num_samples=1000, seed=6)) != epoch_0
+
+
+def test_sampler_feeds_a_dataloader() -> None:
+    weights = np.zeros(10)
+    weights[[2, 7]] = [1.0, 3.0]  # zero-weight indices are never drawn
+    sampler = OversamplingSampler(weights, num_samples=400, seed=0)
+    batches = list(DataLoader(torch.arange(10), batch_size=100, sampler=sampler))
+    drawn = torch.cat(batches)
+    assert drawn.tolist() == list(sampler)
+    assert set(drawn.tolist()) == {2, 7}
+    assert 0.65 < (drawn == 7).float().mean().item() < 0.85  # 3/4 expected
+
+
+@pytest.mark.parametrize("weights", [[], [0.0, 0.0], [1.0, -1.0], [1.0, float("nan")]])
+def test_sampler_refuses_bad_weights(weights: list[float]) -> None:
+    with pytest.raises(ValueError, match="weights"):
+        OversamplingSampler(weights)
+
+
+def test_frequency_table_reports_before_and_after(
+    labels: np.ndarray, default_weights: np.ndarray
+) -> None:
+    rows = frequency_rows(labels, default_weights)
+    assert [row.name for row in rows] == list(CLASS_NAMES)
+    assert rows[27].num_images == 11
+    assert rows[27].weighted / rows[27].uniform == pytest.approx(
+        expected_class_frequency(labels, default_weights)[27] / (11 / len(labels))
+    )
+    table = frequency_table(labels, default_weights)
+    lines = table.splitlines()
+    assert len(lines) == NUM_CLASSES + 1
+    assert "Rods & rings" in lines[28] and "0.04%" in lines[28]
