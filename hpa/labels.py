@@ -78,7 +78,9 @@ def parse_target(target: object) -> np.ndarray:
         except ValueError:
             raise ValueError(f"Target {target!r}: {token!r} is not an integer class id") from None
         if not 0 <= class_id < NUM_CLASSES:
-            raise ValueError(f"Target {target!r}: class id {class_id} is outside 0..{NUM_CLASSES - 1}")
+            raise ValueError(
+                f"Target {target!r}: class id {class_id} is outside 0..{NUM_CLASSES - 1}"
+            )
         vector[class_id] = 1
     return vector
 
@@ -87,7 +89,9 @@ def format_target(vector: Sequence[float] | np.ndarray) -> str:
     """Format a multi-hot (or 0/1 boolean) vector as a Kaggle ``Target`` string, ids ascending."""
     vector = np.asarray(vector)
     if vector.shape != (NUM_CLASSES,):
-        raise ValueError(f"expected a vector of {NUM_CLASSES} class flags, got shape {vector.shape}")
+        raise ValueError(
+            f"expected a vector of {NUM_CLASSES} class flags, got shape {vector.shape}"
+        )
     return " ".join(str(i) for i in np.flatnonzero(vector))
 
 

@@ -1,0 +1,205 @@
+"""The LightningDataModule: Kaggle-layout data -> split -> datasets -> (oversampled) loaders."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from hpa.data import synthetic
+from hpa.data.dataset import RGBYDataset
+from hpa.data.reader import check_channel_files, read_labels_csv, read_sample
+from hpa.data.sampler import (
+    OversamplingSampler,
+    class_weights,
+    frequency_table,
+    image_weights,
+)
+from hpa.data.split import kfold_split, load_split, save_split, train_val_test_split
+from hpa.data.transforms import build_augmentation
+from hpa.errors import HPAInputError
+
+log = logging.getLogger(__name__)
+
+
+class HPADataModule(pl.LightningDataModule):
+    """Reads ``root/train.csv`` and ``root/train/{Id}_{color}.{png,jpg,tif}``.
+
+    ``setup`` validates the input (csv and the existence of every channel file), splits it
+    multilabel-stratified (or reads ``split_file``), and computes the per-channel mean and std of
+    the train split unless they are given. It runs once; later calls are no-ops, so the train entry
+    point can call it before fitting to refuse bad input before any training starts.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int = 128,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        split: Sequence[float] = (0.7, 0.15, 0.15),
+        split_file: str | Path | None = None,
+        num_folds: int | None = None,
+        fold: int = 0,
+        split_seed: int | None = 0,
+        oversample: bool = False,
+        sampler: Mapping | None = None,
+        normalize: Mapping | None = None,
+        augment: Mapping[str, Mapping] | None = None,
+        synthetic: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.split_fractions = tuple(split)
+        self.split_file = Path(split_file) if split_file else None
+        self.num_folds = num_folds
+        self.fold = fold
+        self.split_seed = 0 if split_seed is None else split_seed  # the split is always repeatable
+        self.oversample = oversample
+        self.sampler_config = dict(sampler or {})
+        self.normalize_config = dict(normalize or {})
+        self.augment_config = augment
+        self.synthetic_config = dict(synthetic) if synthetic else None
+
+        self.ids: np.ndarray | None = None
+        self.labels: np.ndarray | None = None
+        self.assignment: np.ndarray | None = None  # "train" | "val" | "test" per row of train.csv
+        self.channel_mean: np.ndarray | None = None
+        self.channel_std: np.ndarray | None = None
+        self.datasets: dict[str, RGBYDataset] = {}
+
+    @property
+    def image_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def csv_path(self) -> Path:
+        return self.root / "train.csv"
+
+    def prepare_data(self) -> None:
+        if self.synthetic_config is not None:
+            synthetic.ensure_dataset(self.root, **self.synthetic_config)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        if not self.root.is_dir():
+            raise HPAInputError(f"data root {self.root} does not exist (set data.root=PATH)")
+        self.ids, self.labels = read_labels_csv(self.csv_path)
+        check_channel_files(self.image_dir, self.ids)
+        self.assignment = self._split()
+        for name in ("train", "val", "test"):
+            log.info("%s split: %d images", name, int((self.assignment == name).sum()))
+        self._set_normalization()
+
+        augmentation = build_augmentation(self.augment_config)
+        for name in ("train", "val", "test"):
+            rows = np.flatnonzero(self.assignment == name)
+            self.datasets[name] = RGBYDataset(
+                self.image_dir,
+                self.ids[rows],
+                self.labels[rows],
+                self.image_size,
+                augmentation=augmentation if name == "train" else None,
+            )
+        if self.oversample:
+            self._log_oversampling()
+
+    def _split(self) -> np.ndarray:
+        if self.split_file is not None:
+            log.info("reading the split from %s", self.split_file)
+            return load_split(self.split_file, self.ids)
+        if self.num_folds:
+            return kfold_split(
+                self.labels,
+                num_folds=self.num_folds,
+                fold=self.fold,
+                test_fraction=self.split_fractions[2],
+                seed=self.split_seed,
+            )
+        return train_val_test_split(self.labels, self.split_fractions, seed=self.split_seed)
+
+    def save_split(self, path: str | Path) -> None:
+        """Write the split as ``Id,split`` (and ``fold`` for k-fold) to ``path``."""
+        fold = self.fold if self.num_folds else None
+        save_split(path, self.ids, self.assignment, fold=fold)
+
+    def _set_normalization(self) -> None:
+        mean, std = self.normalize_config.get("mean"), self.normalize_config.get("std")
+        if mean is not None and std is not None:
+            self.channel_mean = np.asarray(mean, dtype=np.float32)
+            self.channel_std = np.asarray(std, dtype=np.float32)
+        else:
+            num_images = int(self.normalize_config.get("num_images", 512))
+            self.channel_mean, self.channel_std = self._train_channel_stats(num_images)
+        if self.channel_mean.shape != (4,) or self.channel_std.shape != (4,):
+            raise HPAInputError("data.normalize.mean and .std need 4 values each (R, G, B, Y)")
+        if np.any(self.channel_std <= 0):
+            raise HPAInputError(f"data.normalize.std must be positive, got {self.channel_std}")
+        log.info(
+            "channel mean %s, std %s (RGBY, 0..1 scale)",
+            np.round(self.channel_mean, 4).tolist(),
+            np.round(self.channel_std, 4).tolist(),
+        )
+
+    def _train_channel_stats(self, num_images: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of each channel over a seeded random subset of the train split."""
+        train_rows = np.flatnonzero(self.assignment == "train")
+        rng = np.random.default_rng(self.split_seed)
+        chosen = rng.choice(train_rows, size=min(num_images, len(train_rows)), replace=False)
+        total = np.zeros(4, dtype=np.float64)
+        total_squares = np.zeros(4, dtype=np.float64)
+        for row in chosen:
+            image = read_sample(self.image_dir, self.ids[row], self.image_size)
+            pixels = image.reshape(4, -1).astype(np.float64) / 255.0
+            total += pixels.mean(axis=1)
+            total_squares += (pixels**2).mean(axis=1)
+        mean = total / len(chosen)
+        std = np.sqrt(np.maximum(total_squares / len(chosen) - mean**2, 1e-12))
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    def _train_image_weights(self) -> np.ndarray:
+        train_labels = self.datasets["train"].labels
+        weights_per_class = class_weights(train_labels.sum(axis=0), **self.sampler_config)
+        return image_weights(train_labels, weights_per_class)
+
+    def _log_oversampling(self) -> None:
+        weights = self._train_image_weights()
+        log.info(
+            "oversampling: expected share of train images per epoch holding each class\n%s",
+            frequency_table(self.datasets["train"].labels, weights),
+        )
+
+    def _loader(self, name: str, shuffle: bool = False, sampler=None) -> DataLoader:
+        dataset = self.datasets[name]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            # a last batch of one image breaks batch norm in training
+            drop_last=name == "train" and len(dataset) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.oversample:
+            sampler = OversamplingSampler(self._train_image_weights(), seed=self.split_seed)
+            return self._loader("train", sampler=sampler)
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

@@ -1,0 +1,159 @@
+"""The LightningModule: a 4-channel backbone, its loss, F1 metrics, optimizer and scheduler."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+
+from hpa import metrics
+from hpa.labels import NUM_CLASSES
+from hpa.models.backbones import create_backbone
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOSS = {"_target_": "hpa.models.losses.BCEWithLogitsLoss"}
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+
+
+class HPAModule(pl.LightningModule):
+    """Multilabel classifier of RGBY images.
+
+    Input: uint8 images (B, 4, H, W) in RGBY order, as the datasets give them; the module scales
+    them to 0..1 and normalises each channel with ``channel_mean``/``channel_std`` (saved in the
+    checkpoint, so a checkpoint predicts on raw images by itself). Output: (B, 28) logits.
+
+    ``loss``, ``optimizer`` and ``scheduler`` are plain Hydra config mappings (``_target_`` ...),
+    kept as hyper-parameters so that ``load_from_checkpoint`` rebuilds the module unaided.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        pretrained: bool = False,
+        pretrained_path: str | None = None,
+        drop_rate: float = 0.0,
+        channels_last: bool = False,
+        threshold: float = 0.5,
+        loss: Mapping | None = None,
+        optimizer: Mapping | None = None,
+        scheduler: Mapping | None = None,
+        channel_mean: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+        channel_std: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+        num_classes: int = NUM_CLASSES,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = create_backbone(
+            name,
+            num_classes=num_classes,
+            in_chans=4,
+            pretrained=pretrained,
+            pretrained_path=pretrained_path,
+            drop_rate=drop_rate,
+        )
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.criterion = instantiate(dict(loss or DEFAULT_LOSS))
+        self.register_buffer("channel_mean", _channel_tensor(channel_mean), persistent=True)
+        self.register_buffer("channel_std", _channel_tensor(channel_std), persistent=True)
+
+        self.val_metrics = metrics.build_f1_metrics(num_classes, threshold).clone(prefix="val/")
+        self.test_metrics = metrics.build_f1_metrics(num_classes, threshold).clone(prefix="test/")
+        self.test_per_class_f1 = metrics.build_per_class_f1(num_classes, threshold)
+        # test outputs gathered for test_predictions.csv: dataset row -> probabilities
+        self.test_indices: list[torch.Tensor] = []
+        self.test_probabilities: list[torch.Tensor] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255.0)
+        images = (images - self.channel_mean) / self.channel_std
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.backbone(images)
+
+    def _shared_step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch["image"])
+        loss = self.criterion(logits, batch["target"])
+        return loss, logits
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self._shared_step(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
+        self.log(metrics.TRAIN_LOSS, loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        loss, logits = self._shared_step(batch)
+        self.val_metrics.update(torch.sigmoid(logits), batch["target"].int())
+        self.log(metrics.VAL_LOSS, loss, on_epoch=True, prog_bar=True)
+        self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_indices.clear()
+        self.test_probabilities.clear()
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        loss, logits = self._shared_step(batch)
+        probabilities = torch.sigmoid(logits)
+        targets = batch["target"].int()
+        self.test_metrics.update(probabilities, targets)
+        self.test_per_class_f1.update(probabilities, targets)
+        self.log(metrics.TEST_LOSS, loss, on_epoch=True)
+        self.log_dict(self.test_metrics, on_epoch=True)
+        self.test_indices.append(batch["index"].detach().cpu())
+        self.test_probabilities.append(probabilities.detach().float().cpu())
+
+    def on_test_epoch_end(self) -> None:
+        per_class_f1 = self.test_per_class_f1.compute()
+        self.test_per_class_f1.reset()
+        for class_id, value in enumerate(per_class_f1):
+            self.log(metrics.per_class_f1_name("test", class_id), value)
+
+    def collected_test_predictions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(dataset rows, probabilities N x 28) seen by the last test run."""
+        if not self.test_indices:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.hparams.num_classes))
+        rows = torch.cat(self.test_indices).numpy()
+        probabilities = torch.cat(self.test_probabilities).numpy()
+        return rows, probabilities
+
+    def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return torch.sigmoid(self(batch["image"]))
+
+    def configure_optimizers(self):
+        optimizer = instantiate(dict(self.hparams.optimizer or DEFAULT_OPTIMIZER))(
+            params=self.parameters()
+        )
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate(dict(self.hparams.scheduler))(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": "epoch",
+                "monitor": metrics.VAL_F1_MACRO,  # read by ReduceLROnPlateau only
+            },
+        }
+
+
+def _channel_tensor(values: Sequence[float]) -> torch.Tensor:
+    return torch.tensor(list(values), dtype=torch.float32).view(1, -1, 1, 1)
+
+
+def load_module(checkpoint_path: str | Path) -> HPAModule:
+    """Load a trained module for evaluation or prediction, on the CPU.
+
+    The backbone is built without fetching pretrained weights: the checkpoint holds them all.
+    """
+    return HPAModule.load_from_checkpoint(
+        checkpoint_path, map_location="cpu", pretrained=False, pretrained_path=None
+    )

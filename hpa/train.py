@@ -1,0 +1,121 @@
+"""Train, validate and test a classifier: ``python -m hpa.train [overrides]``.
+
+Examples::
+
+    python -m hpa.train                                   # synthetic default, resnet18, CPU
+    python -m hpa.train model=resnet50 data.oversample=true
+    python -m hpa.train data=hpa data.root=/data/hpa trainer=gpu
+    python -m hpa.train -m data.fold=0,1,2,3,4 data.num_folds=5
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from hpa import builders, metrics
+from hpa.data.datamodule import HPADataModule
+from hpa.errors import HPAInputError
+from hpa.io import write_csv, write_json
+from hpa.labels import CLASS_NAMES, format_target
+from hpa.models.module import HPAModule
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one training job described by ``cfg``; returns its final metrics."""
+    output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = builders.build_datamodule(cfg)
+    # Prepare and validate the data now, so bad input stops the run before any training.
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.save_split(output_dir / "split.csv")
+
+    model = builders.build_module(cfg, datamodule)
+    callbacks = builders.build_callbacks(cfg)
+    loggers = builders.build_loggers(cfg)
+    trainer = builders.build_trainer(cfg, callbacks, loggers)
+    builders.log_config(loggers, cfg)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training was interrupted")
+
+    best_path = _best_checkpoint_path(trainer)
+    final_metrics = {}
+    for result in trainer.validate(model, datamodule=datamodule, ckpt_path=best_path):
+        final_metrics.update(result)
+    if cfg.get("test"):
+        for result in trainer.test(model, datamodule=datamodule, ckpt_path=best_path):
+            final_metrics.update(result)
+        _write_test_predictions(output_dir / "test_predictions.csv", model, datamodule)
+
+    final_metrics = {name: float(value) for name, value in sorted(final_metrics.items())}
+    write_json(output_dir / "metrics.json", final_metrics)
+    _log_summary(final_metrics, output_dir)
+    return final_metrics
+
+
+def _best_checkpoint_path(trainer: pl.Trainer) -> str | None:
+    """The best checkpoint when one was saved; None evaluates the weights as they are."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and getattr(callback, "best_model_path", ""):
+        return callback.best_model_path
+    log.warning("no best checkpoint was saved: evaluating the final weights")
+    return None
+
+
+def _write_test_predictions(path: Path, model: HPAModule, datamodule: HPADataModule) -> None:
+    """``Id``, one probability column per class name, and the true ``Target``."""
+    rows, probabilities = model.collected_test_predictions()
+    dataset = datamodule.datasets["test"]
+    order = np.argsort(rows, kind="stable")
+    rows, probabilities = rows[order], probabilities[order]
+    frame = pd.DataFrame(probabilities, columns=list(CLASS_NAMES))
+    frame.insert(0, "Id", dataset.ids[rows])
+    frame["Target"] = [format_target(dataset.labels[row]) for row in rows]
+    write_csv(path, frame)
+
+
+def _log_summary(final_metrics: dict[str, float], output_dir: Path) -> None:
+    headline = [
+        metrics.VAL_F1_MACRO,
+        metrics.VAL_F1_SAMPLES,
+        metrics.TEST_F1_MACRO,
+        metrics.TEST_F1_SAMPLES,
+    ]
+    lines = [
+        f"  {name:<18} {final_metrics[name]:.4f}" for name in headline if name in final_metrics
+    ]
+    log.info(
+        "final metrics (best checkpoint):\n%s\nrun directory: %s", "\n".join(lines), output_dir
+    )
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        final_metrics = train(cfg)
+    except HPAInputError as error:
+        log.error("%s", error)
+        raise SystemExit(2) from None
+    objective = final_metrics.get(cfg.get("optimized_metric"))
+    if objective is None or not math.isfinite(objective):
+        return None
+    return objective
+
+
+if __name__ == "__main__":
+    main()

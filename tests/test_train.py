@@ -1,0 +1,92 @@
+"""End to end: the real `python -m hpa.train` CLI on a small generated set, artifacts checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from hpa.labels import CLASS_NAMES
+from hpa.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+SMALL_SYNTHETIC_SET = (
+    "data.synthetic.num_images=120",
+    "data.synthetic.image_size=64",
+    "data.image_size=64",
+    "data.batch_size=8",
+)
+
+
+def run_train(
+    tmp_path: Path, *overrides: str, data: tuple[str, ...] = SMALL_SYNTHETIC_SET, check: bool = True
+) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "hpa.train",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        *data,
+        *overrides,
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_debug_fast_run_writes_every_artifact(tmp_path: Path):
+    run_train(tmp_path, "debug=fast", "model=resnet18", "data.oversample=true")
+    run_dir = tmp_path / "run"
+
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+    split = pd.read_csv(run_dir / "split.csv")
+    assert list(split.columns[:2]) == ["Id", "split"]
+    assert len(split) == 120
+    assert set(split["split"]) == {"train", "val", "test"}
+
+    final = json.loads((run_dir / "metrics.json").read_text())
+    for name in (VAL_F1_MACRO, VAL_F1_SAMPLES, TEST_F1_MACRO, TEST_F1_SAMPLES):
+        assert isinstance(final[name], float) and 0.0 <= final[name] <= 1.0
+
+    predictions = pd.read_csv(run_dir / "test_predictions.csv", keep_default_na=False)
+    assert list(predictions.columns) == ["Id", *CLASS_NAMES, "Target"]
+    test_ids = set(split.loc[split["split"] == "test", "Id"])
+    assert set(predictions["Id"]) <= test_ids and len(predictions) > 0
+    probabilities = predictions[list(CLASS_NAMES)].to_numpy()
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+
+    checkpoint = torch.load(
+        run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True
+    )
+    assert checkpoint["hyper_parameters"]["name"] == "resnet18"
+    assert checkpoint["state_dict"]["channel_mean"].shape == (1, 4, 1, 1)
+
+
+def test_split_file_is_reused(tmp_path: Path):
+    first = tmp_path / "first"
+    run_train(first, "debug=fast", "model=cnn")
+    second = tmp_path / "second"
+    split_file = first / "run" / "split.csv"
+    run_train(second, "debug=fast", "model=cnn", "seed=7", f"data.split_file={split_file}")
+    assert (first / "run" / "split.csv").read_text() == (second / "run" / "split.csv").read_text()
+
+
+def test_missing_data_root_stops_with_a_clear_message(tmp_path: Path):
+    result = run_train(
+        tmp_path, "data=hpa", f"data.root={tmp_path / 'nowhere'}", data=(), check=False
+    )
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert "nowhere" in output and "does not exist" in output
+    assert "Traceback" not in output
