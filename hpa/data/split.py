@@ -8,8 +8,6 @@ k-fold split made with the same seed share one test set.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStrati
 
 from hpa.data.reader import read_csv_table
 from hpa.errors import HPAInputError
+from hpa.io import write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -114,18 +113,7 @@ def save_split(
     table = pd.DataFrame({"Id": ids, "split": assignment})
     if fold is not None:
         table["fold"] = int(fold)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A temporary file in the same directory, then os.replace: readers never see half a file.
-    descriptor, temporary_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "w", newline="") as temporary_file:
-            table.to_csv(temporary_file, index=False)
-        os.replace(temporary_name, path)
-    except BaseException:
-        Path(temporary_name).unlink(missing_ok=True)
-        raise
+    write_csv(path, table)  # atomic: readers never see half a file
     logger.info("wrote split of %d ids to %s", len(ids), path)
 
 
