@@ -15,17 +15,13 @@ import math
 from pathlib import Path
 
 import hydra
-import numpy as np
-import pandas as pd
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from hpa import builders, metrics
-from hpa.data.datamodule import HPADataModule
+from hpa.artifacts import write_test_artifacts
 from hpa.errors import HPAInputError
-from hpa.io import write_csv, write_json
-from hpa.labels import CLASS_NAMES, format_target
-from hpa.models.module import HPAModule
+from hpa.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +55,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test"):
         for result in trainer.test(model, datamodule=datamodule, ckpt_path=best_path):
             final_metrics.update(result)
-        _write_test_predictions(output_dir / "test_predictions.csv", model, datamodule)
+        write_test_artifacts(output_dir, model, datamodule.datasets["test"])
 
     final_metrics = {name: float(value) for name, value in sorted(final_metrics.items())}
     write_json(output_dir / "metrics.json", final_metrics)
@@ -74,18 +70,6 @@ def _best_checkpoint_path(trainer: pl.Trainer) -> str | None:
         return callback.best_model_path
     log.warning("no best checkpoint was saved: evaluating the final weights")
     return None
-
-
-def _write_test_predictions(path: Path, model: HPAModule, datamodule: HPADataModule) -> None:
-    """``Id``, one probability column per class name, and the true ``Target``."""
-    rows, probabilities = model.collected_test_predictions()
-    dataset = datamodule.datasets["test"]
-    order = np.argsort(rows, kind="stable")
-    rows, probabilities = rows[order], probabilities[order]
-    frame = pd.DataFrame(probabilities, columns=list(CLASS_NAMES))
-    frame.insert(0, "Id", dataset.ids[rows])
-    frame["Target"] = [format_target(dataset.labels[row]) for row in rows]
-    write_csv(path, frame)
 
 
 def _log_summary(final_metrics: dict[str, float], output_dir: Path) -> None:
