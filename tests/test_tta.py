@@ -1,0 +1,144 @@
+"""Test-time augmentation over flips and the dihedral group, on real torch models."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from hpa.labels import NUM_CLASSES
+from hpa.tta import TTA_MODES, predict_with_tta, tta_transforms
+
+
+class InvariantModel(nn.Module):
+    """Pointwise conv + ReLU, global average pool, linear, sigmoid: exactly symmetry-invariant."""
+
+    def __init__(self, channels: int = 4, hidden: int = 16) -> None:
+        super().__init__()
+        self.pointwise = nn.Conv2d(channels, hidden, kernel_size=1)
+        self.head = nn.Linear(hidden, NUM_CLASSES)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.pointwise(images.float())).mean(dim=(-2, -1))
+        return torch.sigmoid(self.head(features))
+
+
+@pytest.fixture(scope="module")
+def resnet() -> nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=NUM_CLASSES, in_chans=4)
+    return model.eval()
+
+
+def _probabilities(model: nn.Module):
+    def model_fn(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.sigmoid(model(images))
+
+    return model_fn
+
+
+def _probabilities_direct(model: nn.Module):
+    def model_fn(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(images)
+
+    return model_fn
+
+
+def test_transform_counts_and_identity_first():
+    assert TTA_MODES == ("none", "flips", "dihedral")
+    assert [len(tta_transforms(mode)) for mode in TTA_MODES] == [1, 4, 8]
+    images = torch.rand(2, 4, 8, 8)
+    for mode in TTA_MODES:
+        assert torch.equal(tta_transforms(mode)[0](images), images)
+
+
+def test_flips_are_the_four_flips():
+    images = torch.rand(2, 4, 6, 6)
+    expected = [
+        images,
+        images.flip(-1),
+        images.flip(-2),
+        images.flip(-1).flip(-2),
+    ]
+    for transform, target in zip(tta_transforms("flips"), expected, strict=True):
+        assert torch.equal(transform(images), target)
+
+
+def test_dihedral_transforms_are_eight_distinct_symmetries():
+    torch.manual_seed(1)
+    images = torch.rand(1, 4, 7, 7)
+    outputs = [transform(images) for transform in tta_transforms("dihedral")]
+    for i in range(8):
+        assert outputs[i].shape == images.shape
+        for j in range(i + 1, 8):
+            assert not torch.equal(outputs[i], outputs[j]), (i, j)
+    # A group: each transform permutes pixels, so all 8 are permutations of the same multiset.
+    for output in outputs:
+        assert torch.equal(output.flatten().sort().values, images.flatten().sort().values)
+    # The flips are in the group (hflip = k0 flip, vflip = k2 flip, both = k2).
+    flattened = [output.flatten() for output in outputs]
+    for flip in tta_transforms("flips"):
+        assert sum(torch.equal(flip(images).flatten(), o) for o in flattened) == 1
+
+
+def test_dihedral_tta_of_an_invariant_model_equals_the_plain_output():
+    torch.manual_seed(2)
+    model = InvariantModel().eval()
+    images = torch.randint(0, 256, (3, 4, 16, 16), dtype=torch.uint8)
+    model_fn = _probabilities_direct(model)
+    plain = model_fn(images)
+    for mode in TTA_MODES:
+        for reduce in ("mean", "max"):
+            tta = predict_with_tta(model_fn, images, mode=mode, reduce=reduce)
+            assert tta.shape == (3, NUM_CLASSES)
+            torch.testing.assert_close(tta, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_dihedral_mean_and_max_match_the_explicit_transforms(resnet):
+    torch.manual_seed(3)
+    images = torch.rand(2, 4, 32, 32)
+    model_fn = _probabilities(resnet)
+    explicit = []
+    for k in range(4):
+        for flip in (False, True):
+            transformed = images.flip(-1) if flip else images
+            explicit.append(model_fn(torch.rot90(transformed, k, dims=(-2, -1))))
+    stacked = torch.stack(explicit)
+    assert stacked.shape == (8, 2, NUM_CLASSES)
+    # The random resnet is not invariant, so TTA must actually change the prediction.
+    assert not torch.allclose(stacked[0], stacked[1], atol=1e-4)
+    mean = predict_with_tta(model_fn, images, mode="dihedral", reduce="mean")
+    maximum = predict_with_tta(model_fn, images, mode="dihedral", reduce="max")
+    torch.testing.assert_close(mean, stacked.mean(dim=0))
+    torch.testing.assert_close(maximum, stacked.amax(dim=0))
+    assert torch.all(maximum >= mean)
+    torch.testing.assert_close(predict_with_tta(model_fn, images), stacked[0])
+
+
+def test_flips_mean_matches_the_explicit_flips(resnet):
+    torch.manual_seed(4)
+    images = torch.rand(2, 4, 32, 32)
+    model_fn = _probabilities(resnet)
+    flipped = [images, images.flip(-1), images.flip(-2), images.flip(-2, -1)]
+    expected = torch.stack([model_fn(x) for x in flipped]).mean(dim=0)
+    torch.testing.assert_close(predict_with_tta(model_fn, images, mode="flips"), expected)
+
+
+def test_unknown_mode_or_reduce_raises_before_calling_the_model():
+    calls = []
+
+    def model_fn(images: torch.Tensor) -> torch.Tensor:
+        calls.append(images)
+        return torch.zeros(images.shape[0], NUM_CLASSES)
+
+    images = torch.rand(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="mode"):
+        predict_with_tta(model_fn, images, mode="rot45")
+    with pytest.raises(ValueError, match="reduce"):
+        predict_with_tta(model_fn, images, mode="flips", reduce="median")
+    with pytest.raises(ValueError, match="mode"):
+        tta_transforms("Flips")
+    assert calls == []
