@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from hpa.data.dataset import RGBYDataset
 from hpa.io import write_csv
@@ -34,7 +35,7 @@ def write_test_artifacts(
     write_csv(output_dir / "test_predictions.csv", predictions)
     targets = targets_to_matrix(predictions["Target"])
     probabilities = predictions[list(CLASS_NAMES)].to_numpy()
-    predicted = (probabilities > model.hparams.threshold).astype(np.uint8)
+    predicted = model.decide(torch.from_numpy(probabilities)).numpy().astype(np.uint8)
     report = per_class_report(targets, predicted)
     write_csv(output_dir / "test_per_class.csv", report)
     return predictions, report

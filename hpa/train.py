@@ -15,13 +15,19 @@ import math
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from hpa import builders, metrics
 from hpa.artifacts import write_test_artifacts
+from hpa.data.datamodule import HPADataModule
 from hpa.errors import HPAInputError
 from hpa.io import write_json
+from hpa.labels import NUM_CLASSES
+from hpa.models.module import HPAModule, store_thresholds_in_checkpoint
+from hpa.thresholds import save_thresholds, search_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     final_metrics = {}
     for result in trainer.validate(model, datamodule=datamodule, ckpt_path=best_path):
         final_metrics.update(result)
+    thresholds = _decision_thresholds(cfg, trainer, model, datamodule, best_path)
+    save_thresholds(output_dir / "thresholds.json", thresholds)
+    if best_path:
+        store_thresholds_in_checkpoint(best_path, thresholds)
     if cfg.get("test"):
         for result in trainer.test(model, datamodule=datamodule, ckpt_path=best_path):
             final_metrics.update(result)
@@ -61,6 +71,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
     write_json(output_dir / "metrics.json", final_metrics)
     _log_summary(final_metrics, output_dir)
     return final_metrics
+
+
+def _decision_thresholds(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    model: HPAModule,
+    datamodule: HPADataModule,
+    best_path: str | None,
+) -> np.ndarray:
+    """One threshold per class: tuned on the validation predictions of the best checkpoint
+    (``model.thresholds=tuned``) or ``model.threshold`` for every class (``fixed``)."""
+    fixed = np.full(NUM_CLASSES, float(model.hparams.threshold))
+    if cfg.model.get("thresholds", "fixed") != "tuned":
+        return fixed
+    batches = trainer.predict(model, dataloaders=datamodule.val_dataloader(), ckpt_path=best_path)
+    probabilities = torch.cat(batches).float().numpy()
+    targets = datamodule.datasets["val"].labels[: len(probabilities)]
+    thresholds = search_thresholds(probabilities, targets, fallback=model.hparams.threshold)
+    log.info("tuned thresholds on %d val images: %s", len(probabilities), np.round(thresholds, 2))
+    return thresholds
 
 
 def _best_checkpoint_path(trainer: pl.Trainer) -> str | None:

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from hpa.labels import CLASS_NAMES
 from hpa.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
+from hpa.thresholds import load_thresholds
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,6 +73,14 @@ def test_debug_fast_run_writes_every_artifact(tmp_path: Path):
     )
     assert checkpoint["hyper_parameters"]["name"] == "resnet18"
     assert checkpoint["state_dict"]["channel_mean"].shape == (1, 4, 1, 1)
+
+    # tuned per-class thresholds: in thresholds.json and in the best checkpoint, both reported
+    thresholds = load_thresholds(run_dir / "thresholds.json")
+    assert thresholds.shape == (28,)
+    stored = checkpoint["state_dict"]["class_thresholds"].numpy()
+    np.testing.assert_allclose(stored, thresholds, atol=1e-6)
+    assert 0.0 <= final["test/f1_macro@0.5"] <= 1.0
+    assert 0.0 <= final["test/f1_samples@0.5"] <= 1.0
 
 
 def test_split_file_is_reused(tmp_path: Path):

@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 
 from hpa import metrics
+from hpa.io import atomic_path
 from hpa.labels import NUM_CLASSES
 from hpa.models.backbones import create_backbone
 
@@ -40,6 +41,8 @@ class HPAModule(pl.LightningModule):
         drop_rate: float = 0.0,
         channels_last: bool = False,
         threshold: float = 0.5,
+        thresholds: str = "fixed",
+        ensure_one_label: bool = True,
         loss: Mapping | None = None,
         optimizer: Mapping | None = None,
         scheduler: Mapping | None = None,
@@ -62,10 +65,17 @@ class HPAModule(pl.LightningModule):
         self.criterion = instantiate(dict(loss or DEFAULT_LOSS))
         self.register_buffer("channel_mean", _channel_tensor(channel_mean), persistent=True)
         self.register_buffer("channel_std", _channel_tensor(channel_std), persistent=True)
+        # Per-class decision thresholds used at test time; `threshold` for every class until
+        # tuned on the validation split (thresholds="tuned"), then saved in the checkpoint.
+        self.register_buffer("class_thresholds", torch.full((num_classes,), float(threshold)))
 
         self.val_metrics = metrics.build_f1_metrics(num_classes, threshold).clone(prefix="val/")
-        self.test_metrics = metrics.build_f1_metrics(num_classes, threshold).clone(prefix="test/")
-        self.test_per_class_f1 = metrics.build_per_class_f1(num_classes, threshold)
+        self.test_metrics = metrics.build_f1_metrics(num_classes).clone(prefix="test/")
+        # the same metrics at the fixed threshold, to show what tuning changed
+        self.test_metrics_fixed = metrics.build_f1_metrics(num_classes, threshold).clone(
+            prefix="test/", postfix=f"@{threshold:g}"
+        )
+        self.test_per_class_f1 = metrics.build_per_class_f1(num_classes)
         # test outputs gathered for test_predictions.csv: dataset row -> probabilities
         self.test_indices: list[torch.Tensor] = []
         self.test_probabilities: list[torch.Tensor] = []
@@ -77,6 +87,19 @@ class HPAModule(pl.LightningModule):
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.backbone(images)
+
+    def decide(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """0/1 predictions at the per-class thresholds; with ``ensure_one_label`` an image with no
+        class above its threshold gets its most probable class (every HPA image has one)."""
+        predictions = (probabilities > self.class_thresholds).float()
+        if self.hparams.ensure_one_label:
+            empty = predictions.sum(dim=1) == 0
+            top = torch.nn.functional.one_hot(probabilities.argmax(dim=1), predictions.shape[1])
+            predictions[empty] = top[empty].float()
+        return predictions
+
+    def set_class_thresholds(self, thresholds) -> None:
+        self.class_thresholds.copy_(torch.as_tensor(thresholds, dtype=torch.float32))
 
     def _shared_step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["image"])
@@ -104,10 +127,13 @@ class HPAModule(pl.LightningModule):
         loss, logits = self._shared_step(batch)
         probabilities = torch.sigmoid(logits)
         targets = batch["target"].int()
-        self.test_metrics.update(probabilities, targets)
-        self.test_per_class_f1.update(probabilities, targets)
+        predictions = self.decide(probabilities)
+        self.test_metrics.update(predictions, targets)
+        self.test_metrics_fixed.update(probabilities, targets)
+        self.test_per_class_f1.update(predictions, targets)
         self.log(metrics.TEST_LOSS, loss, on_epoch=True)
         self.log_dict(self.test_metrics, on_epoch=True)
+        self.log_dict(self.test_metrics_fixed, on_epoch=True)
         self.test_indices.append(batch["index"].detach().cpu())
         self.test_probabilities.append(probabilities.detach().float().cpu())
 
@@ -147,6 +173,14 @@ class HPAModule(pl.LightningModule):
 
 def _channel_tensor(values: Sequence[float]) -> torch.Tensor:
     return torch.tensor(list(values), dtype=torch.float32).view(1, -1, 1, 1)
+
+
+def store_thresholds_in_checkpoint(checkpoint_path: str | Path, thresholds) -> None:
+    """Write tuned per-class thresholds into a saved checkpoint (atomically)."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"]["class_thresholds"] = torch.as_tensor(thresholds, dtype=torch.float32)
+    with atomic_path(checkpoint_path) as temporary:
+        torch.save(checkpoint, temporary)
 
 
 def load_module(checkpoint_path: str | Path) -> HPAModule:

@@ -1,0 +1,202 @@
+"""`hpa.compare` on a real two-job multirun of `python -m hpa.train` (made once per module)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hpa.compare import COLUMNS, compare_runs, find_runs, load_run, main, run_label, to_markdown
+from hpa.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = (VAL_F1_MACRO, VAL_F1_SAMPLES, TEST_F1_MACRO, TEST_F1_SAMPLES)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished multirun: jobs 0 and 1 differ only in ``optimizer.lr``."""
+    root = tmp_path_factory.mktemp("compare")
+    sweep_dir = root / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "hpa.train",
+        "-m",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"paths.data_dir={root / 'data'}",
+        "data.synthetic.num_images=120",
+        "data.synthetic.image_size=64",
+        "data.image_size=64",
+        "data.batch_size=8",
+        "debug=fast",
+        "model=cnn",
+        "optimizer.lr=1e-3,3e-3",
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return sweep_dir
+
+
+def job_metrics(job_dir: Path) -> dict:
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def test_one_row_per_job_with_its_metrics(sweep: Path):
+    frame = compare_runs([sweep])
+
+    assert list(frame.columns) == list(COLUMNS)
+    assert len(frame) == 2
+    assert set(frame["model"]) == {"seed_cnn"}
+    by_path = {
+        Path(path).name: row
+        for path, row in zip(frame["path"], frame.to_dict("records"), strict=True)
+    }
+    assert set(by_path) == {"0", "1"}
+    for job, lr in (("0", "optimizer.lr=0.001"), ("1", "optimizer.lr=0.003")):
+        row = by_path[job]
+        assert lr in row["run"] and "debug=fast" in row["run"]
+        assert "paths.data_dir" not in row["run"] and "hydra." not in row["run"]
+        expected = job_metrics(sweep / job)
+        for name in METRICS:
+            assert row[name] == pytest.approx(expected[name])
+    assert by_path["0"]["run"] != by_path["1"]["run"]
+
+
+def test_run_dir_and_duplicates_give_one_row(sweep: Path):
+    assert find_runs([sweep / "0", sweep, sweep / "0"]) == [
+        (sweep / "0").resolve(),
+        (sweep / "1").resolve(),
+    ]
+    assert len(compare_runs([sweep / "1"])) == 1
+    assert load_run(sweep / "1")["path"] == str(sweep / "1")
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_sorting(sweep: Path, metric: str):
+    descending = compare_runs([sweep], sort_by=metric)
+    ascending = compare_runs([sweep], sort_by=metric, ascending=True)
+    assert list(descending[metric]) == sorted(descending[metric], reverse=True)
+    assert list(ascending[metric]) == sorted(ascending[metric])
+
+
+def test_csv_and_markdown_outputs_parse_back(sweep: Path, tmp_path: Path):
+    expected = compare_runs([sweep])
+
+    csv_file = tmp_path / "out" / "runs.csv"
+    assert main([str(sweep), "--format", "csv", "--output", str(csv_file)]) == 0
+    parsed = pd.read_csv(csv_file)
+    assert list(parsed.columns) == list(COLUMNS)
+    assert list(parsed["path"]) == list(expected["path"])
+    for name in METRICS:
+        assert parsed[name].to_numpy() == pytest.approx(expected[name].to_numpy())
+
+    md_file = tmp_path / "runs.md"
+    assert main([str(sweep), "--format", "markdown", "--output", str(md_file)]) == 0
+    text = md_file.read_text()
+    assert text == to_markdown(expected)
+    lines = text.strip().splitlines()
+    assert len(lines) == 2 + len(expected)
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header == list(COLUMNS)
+    for line, (_, row) in zip(lines[2:], expected.iterrows(), strict=True):
+        cells = dict(
+            zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True)
+        )
+        assert cells["path"] == row["path"] and cells["run"] == row["run"]
+        for name in METRICS:
+            assert float(cells[name]) == pytest.approx(row[name], abs=5e-5)
+    assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_table_goes_to_stdout(sweep: Path, capsys: pytest.CaptureFixture):
+    assert main([str(sweep), "--sort", TEST_F1_MACRO, "--ascending"]) == 0
+    out = capsys.readouterr().out
+    for column in COLUMNS:
+        assert column in out
+    assert "optimizer.lr=0.001" in out and "optimizer.lr=0.003" in out
+
+
+def test_unfinished_run_is_skipped_with_a_warning(
+    sweep: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    folder = tmp_path / "runs"
+    shutil.copytree(sweep / "0", folder / "finished")
+    unfinished = folder / "unfinished"
+    shutil.copytree(sweep / "1" / ".hydra", unfinished / ".hydra")
+
+    with caplog.at_level(logging.WARNING, logger="hpa.compare"):
+        frame = compare_runs([folder])
+    assert list(frame["path"]) == [str((folder / "finished").resolve())]
+    assert any(
+        "unfinished" in r.getMessage() and str(unfinished) in r.getMessage() for r in caplog.records
+    )
+
+    with caplog.at_level(logging.WARNING, logger="hpa.compare"):
+        assert main([str(unfinished)]) == 2
+
+
+def test_missing_path_and_empty_folder_exit_2(
+    sweep: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    missing = tmp_path / "nope"
+    with caplog.at_level(logging.ERROR, logger="hpa.compare"):
+        assert main([str(sweep), str(missing)]) == 2
+    assert any(str(missing) in r.getMessage() for r in caplog.records)
+
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="hpa.compare"):
+        assert main([str(tmp_path)]) == 2
+    assert any("no finished runs" in r.getMessage() for r in caplog.records)
+
+    assert main([str(sweep), "--sort", "val/nope"]) == 2
+
+
+def test_label_uses_experiment_and_drops_paths():
+    overrides = [
+        "experiment=seed_cnn_baseline",
+        "data=hpa",
+        "data.root=/data/hpa",
+        "hydra.run.dir=/tmp/x",
+        "paths.log_dir=/logs",
+        "data.split_file=split.csv",
+        "optimizer.lr=0.01",
+    ]
+    label = run_label({"task_name": "train"}, overrides)
+    assert label == "seed_cnn_baseline data=hpa optimizer.lr=0.01"
+    assert run_label({"task_name": "train"}, []) == "train"
+    hydra_cfg = {"hydra": {"runtime": {"choices": {"experiment": "winners_densenet121"}}}}
+    assert run_label({"task_name": "train"}, ["seed=1"], hydra_cfg) == "winners_densenet121 seed=1"
+
+
+def test_cli_subprocess(sweep: Path, tmp_path: Path):
+    ok = subprocess.run(
+        [sys.executable, "-m", "hpa.compare", str(sweep), "--format", "csv"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    frame = pd.read_csv(io.StringIO(ok.stdout))
+    assert len(frame) == 2 and list(frame.columns) == list(COLUMNS)
+
+    missing = tmp_path / "does-not-exist"
+    bad = subprocess.run(
+        [sys.executable, "-m", "hpa.compare", str(missing)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    error_lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert len(error_lines) == 1 and str(missing) in error_lines[0]
