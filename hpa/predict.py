@@ -1,0 +1,133 @@
+"""Predict the test images of a Kaggle-layout folder and write a submission.
+
+``python -m hpa.predict ckpt_path=PATH data.root=ROOT [tta=dihedral]`` predicts every image in
+``ROOT/test/``, in the order of ``ROOT/sample_submission.csv`` (or of the files present when there
+is none), and writes ``submission.csv`` (``Id,Predicted``: space-separated class ids) and
+``probabilities.csv`` into its run directory. Several checkpoints are averaged (an ensemble).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from hpa.data.dataset import RGBYDataset
+from hpa.data.reader import check_channel_files, read_ids_csv
+from hpa.errors import HPAInputError
+from hpa.io import write_csv
+from hpa.labels import CHANNELS, CLASS_NAMES, format_target
+from hpa.models.module import HPAModule, load_module
+from hpa.thresholds import binarize
+from hpa.tta import predict_with_tta
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_paths(ckpt_path: str | Sequence[str]) -> list[Path]:
+    """A checkpoint, a list of them, or a folder holding ``**/checkpoints/best.ckpt``."""
+    given = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
+    paths: list[Path] = []
+    for entry in map(Path, given):
+        if entry.is_dir():
+            found = sorted(entry.glob("**/checkpoints/best.ckpt"))
+            if not found:
+                raise HPAInputError(f"no checkpoints/best.ckpt under {entry}")
+            paths.extend(found)
+        elif entry.is_file():
+            paths.append(entry)
+        else:
+            raise HPAInputError(f"checkpoint {entry} does not exist")
+    return paths
+
+
+def test_ids(root: Path) -> np.ndarray:
+    """Ids in the order of ``sample_submission.csv``, or of the files in ``ROOT/test/``."""
+    submission_template = root / "sample_submission.csv"
+    if submission_template.is_file():
+        return read_ids_csv(submission_template)
+    image_dir = root / "test"
+    if not image_dir.is_dir():
+        raise HPAInputError(f"{image_dir} does not exist: nothing to predict")
+    suffix = f"_{CHANNELS[1]}"
+    ids = sorted({path.stem[: -len(suffix)] for path in image_dir.glob(f"*{suffix}.*")})
+    if not ids:
+        raise HPAInputError(f"{image_dir} holds no {{Id}}_green.* images")
+    return np.asarray(ids)
+
+
+def trained_image_size(checkpoint_path: Path) -> int | None:
+    config_path = checkpoint_path.resolve().parent.parent / ".hydra" / "config.yaml"
+    if not config_path.is_file():
+        return None
+    return int(OmegaConf.load(config_path).data.image_size)
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    model: HPAModule, loader: DataLoader, tta: str, reduce: str, device: torch.device
+) -> np.ndarray:
+    model.eval().to(device)
+    batches = []
+    for batch in tqdm(loader, desc="predict", unit="batch"):
+        images = batch["image"].to(device)
+        probabilities = predict_with_tta(lambda x: torch.sigmoid(model(x)), images, tta, reduce)
+        batches.append(probabilities.float().cpu())
+    return torch.cat(batches).numpy()
+
+
+def predict(cfg: DictConfig) -> pd.DataFrame:
+    ckpt_path = cfg.ckpt_path
+    if isinstance(ckpt_path, ListConfig):
+        ckpt_path = list(ckpt_path)
+    paths = checkpoint_paths(ckpt_path)
+    root = Path(cfg.data.root)
+    ids = test_ids(root)
+    check_channel_files(root / "test", ids)
+    image_size = cfg.data.image_size or trained_image_size(paths[0])
+    if image_size is None:
+        raise HPAInputError(f"image size of {paths[0]} unknown: set data.image_size")
+
+    dataset = RGBYDataset(root / "test", ids, None, int(image_size))
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    probabilities = np.zeros((len(ids), len(CLASS_NAMES)))
+    thresholds = np.zeros(len(CLASS_NAMES))
+    for path in paths:
+        log.info("predicting %d images with %s (tta=%s)", len(ids), path, cfg.tta)
+        model = load_module(path)
+        probabilities += predict_probabilities(model, loader, cfg.tta, cfg.tta_reduce, device)
+        thresholds += model.class_thresholds.cpu().numpy()
+    probabilities /= len(paths)
+    thresholds /= len(paths)  # an ensemble decides at the mean of its members' thresholds
+
+    output_dir = Path(cfg.paths.output_dir)
+    decisions = binarize(probabilities, thresholds, model.hparams.ensure_one_label)
+    submission = pd.DataFrame({"Id": ids, "Predicted": [format_target(row) for row in decisions]})
+    write_csv(output_dir / "submission.csv", submission)
+    probability_table = pd.DataFrame(probabilities, columns=list(CLASS_NAMES))
+    probability_table.insert(0, "Id", ids)
+    write_csv(output_dir / "probabilities.csv", probability_table)
+    log.info("wrote %s", output_dir / "submission.csv")
+    return submission
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    try:
+        predict(cfg)
+    except HPAInputError as error:
+        log.error("%s", error)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

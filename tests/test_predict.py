@@ -1,0 +1,124 @@
+"""`python -m hpa.predict` writes a valid Kaggle submission for a generated test folder."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa.labels import CLASS_NAMES, parse_target
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "hpa2018"
+
+
+def run(module: str, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", module, *overrides]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(best checkpoint, data root with test/ and sample_submission.csv)."""
+    root = tmp_path_factory.mktemp("predict")
+    result = run(
+        "hpa.train",
+        f"hydra.run.dir={root / 'run'}",
+        f"paths.data_dir={root / 'data'}",
+        "data.synthetic.num_images=120",
+        "data.synthetic.num_test=12",
+        "data.synthetic.image_size=64",
+        "data.image_size=64",
+        "data.batch_size=8",
+        "debug=fast",
+        "model=cnn",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data_root = next((root / "data").glob("synthetic-*"))
+    return root / "run" / "checkpoints" / "best.ckpt", data_root
+
+
+def read_output(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    submission = pd.read_csv(folder / "submission.csv", dtype=str, keep_default_na=False)
+    probabilities = pd.read_csv(folder / "probabilities.csv")
+    return submission, probabilities
+
+
+def test_submission_follows_the_sample_submission(trained, tmp_path: Path):
+    checkpoint, data_root = trained
+    result = run(
+        "hpa.predict",
+        f"ckpt_path={checkpoint}",
+        f"data.root={data_root}",
+        f"hydra.run.dir={tmp_path}",
+        "tta=dihedral",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    submission, probabilities = read_output(tmp_path)
+    template = pd.read_csv(data_root / "sample_submission.csv", dtype=str)
+    assert list(submission.columns) == ["Id", "Predicted"]
+    assert list(submission["Id"]) == list(template["Id"])
+    assert all(parse_target(value).sum() >= 1 for value in submission["Predicted"])
+    assert list(probabilities.columns) == ["Id", *CLASS_NAMES]
+    values = probabilities[list(CLASS_NAMES)].to_numpy()
+    assert ((values >= 0) & (values <= 1)).all()
+    if (SHARED / "sample_submission.csv").is_file():  # the real competition format
+        real = pd.read_csv(SHARED / "sample_submission.csv", nrows=3, dtype=str)
+        assert list(real.columns) == list(submission.columns)
+
+
+def test_an_ensemble_of_one_model_twice_equals_the_model(trained, tmp_path: Path):
+    checkpoint, data_root = trained
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert (
+        run(
+            "hpa.predict",
+            f"ckpt_path={checkpoint}",
+            f"data.root={data_root}",
+            f"hydra.run.dir={single}",
+        ).returncode
+        == 0
+    )
+    result = run(
+        "hpa.predict",
+        f"ckpt_path=[{checkpoint},{checkpoint}]",
+        f"data.root={data_root}",
+        f"hydra.run.dir={double}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = read_output(single)[1], read_output(double)[1]
+    np.testing.assert_allclose(one[list(CLASS_NAMES)], two[list(CLASS_NAMES)], atol=1e-6)
+
+
+def test_without_a_sample_submission_the_files_present_are_predicted(trained, tmp_path: Path):
+    checkpoint, data_root = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(data_root / "test", copy / "test")
+    result = run(
+        "hpa.predict",
+        f"ckpt_path={checkpoint}",
+        f"data.root={copy}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    submission, _ = read_output(tmp_path / "out")
+    expected = sorted(
+        p.name.removesuffix("_green.png") for p in (copy / "test").glob("*_green.png")
+    )
+    assert list(submission["Id"]) == expected
+
+
+def test_a_missing_checkpoint_is_refused(tmp_path: Path):
+    result = run(
+        "hpa.predict",
+        f"ckpt_path={tmp_path / 'gone.ckpt'}",
+        f"data.root={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    )
+    assert result.returncode == 2
+    assert "gone.ckpt" in result.stdout + result.stderr
