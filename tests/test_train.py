@@ -100,3 +100,14 @@ def test_missing_data_root_stops_with_a_clear_message(tmp_path: Path):
     output = result.stdout + result.stderr
     assert "nowhere" in output and "does not exist" in output
     assert "Traceback" not in output
+
+
+def test_same_config_and_seed_give_the_same_split_and_metrics(tmp_path: Path):
+    overrides = ("debug=fast", "model=cnn", "data.num_workers=1", "trainer.limit_train_batches=6")
+    run_train(tmp_path / "a", *overrides)
+    run_train(tmp_path / "b", *overrides)
+    first, second = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    assert (first / "split.csv").read_text() == (second / "split.csv").read_text()
+    assert json.loads((first / "metrics.json").read_text()) == json.loads(
+        (second / "metrics.json").read_text()
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from hpa.data import synthetic
@@ -25,6 +26,16 @@ from hpa.data.transforms import build_augmentation
 from hpa.errors import HPAInputError
 
 log = logging.getLogger(__name__)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed a DataLoader worker: Lightning's seeding of torch, numpy and random, plus the worker's
+    copy of the albumentations pipeline, from torch's per-worker seed (which follows the run
+    seed), so augmented epochs are repeatable and differ between workers."""
+    pl_worker_init_function(worker_id)
+    augmentation = torch.utils.data.get_worker_info().dataset.augmentation
+    if augmentation is not None:
+        augmentation.set_random_seed(torch.initial_seed() % 2**32)
 
 
 class HPADataModule(pl.LightningDataModule):
@@ -101,6 +112,9 @@ class HPADataModule(pl.LightningDataModule):
         self._set_normalization()
 
         augmentation = build_augmentation(self.augment_config)
+        if augmentation is not None:
+            # albumentations keeps its own random state: seed it for repeatable runs
+            augmentation.set_random_seed(self.split_seed)
         for name in ("train", "val", "test"):
             rows = np.flatnonzero(self.assignment == name)
             self.datasets[name] = RGBYDataset(
@@ -190,6 +204,7 @@ class HPADataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             # a last batch of one image breaks batch norm in training
             drop_last=name == "train" and len(dataset) > self.batch_size,
+            worker_init_fn=seed_worker if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
