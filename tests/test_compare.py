@@ -6,17 +6,15 @@ import io
 import json
 import logging
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli import SMALL_SYNTHETIC_SET, run_module
 
 from hpa.compare import COLUMNS, compare_runs, find_runs, load_run, main, run_label, to_markdown
 from hpa.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
 
-REPO = Path(__file__).resolve().parents[1]
 METRICS = (VAL_F1_MACRO, VAL_F1_SAMPLES, TEST_F1_MACRO, TEST_F1_SAMPLES)
 
 
@@ -25,22 +23,16 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished multirun: jobs 0 and 1 differ only in ``optimizer.lr``."""
     root = tmp_path_factory.mktemp("compare")
     sweep_dir = root / "sweep"
-    command = [
-        sys.executable,
-        "-m",
+    result = run_module(
         "hpa.train",
         "-m",
         f"hydra.sweep.dir={sweep_dir}",
         f"paths.data_dir={root / 'data'}",
-        "data.synthetic.num_images=120",
-        "data.synthetic.image_size=64",
-        "data.image_size=64",
-        "data.batch_size=8",
+        *SMALL_SYNTHETIC_SET,
         "debug=fast",
         "model=cnn",
         "optimizer.lr=1e-3,3e-3",
-    ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return sweep_dir
 
@@ -177,25 +169,13 @@ def test_label_uses_experiment_and_drops_paths():
 
 
 def test_cli_subprocess(sweep: Path, tmp_path: Path):
-    ok = subprocess.run(
-        [sys.executable, "-m", "hpa.compare", str(sweep), "--format", "csv"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    ok = run_module("hpa.compare", str(sweep), "--format", "csv")
     assert ok.returncode == 0, ok.stderr
     frame = pd.read_csv(io.StringIO(ok.stdout))
     assert len(frame) == 2 and list(frame.columns) == list(COLUMNS)
 
     missing = tmp_path / "does-not-exist"
-    bad = subprocess.run(
-        [sys.executable, "-m", "hpa.compare", str(missing)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = run_module("hpa.compare", str(missing))
     assert bad.returncode == 2
     assert bad.stdout == ""
     error_lines = [line for line in bad.stderr.splitlines() if line.strip()]

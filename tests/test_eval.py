@@ -3,41 +3,24 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli import SMALL_SYNTHETIC_SET, run_module
 
 from hpa.labels import CLASS_NAMES
 from hpa.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, TEST_LOSS
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run(module: str, *overrides: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", module, *overrides],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    return result
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval")
-    result = run(
+    result = run_module(
         "hpa.train",
         f"hydra.run.dir={root / 'run'}",
         f"paths.data_dir={root / 'data'}",
-        "data.synthetic.num_images=120",
-        "data.synthetic.image_size=64",
-        "data.image_size=64",
-        "data.batch_size=8",
+        *SMALL_SYNTHETIC_SET,
         "debug=fast",
         "trainer.limit_test_batches=1.0",
         "model=cnn",
@@ -47,7 +30,7 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 def test_eval_of_the_best_checkpoint_reproduces_the_run(trained_run: Path, tmp_path: Path):
-    result = run(
+    result = run_module(
         "hpa.eval",
         f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}",
         f"hydra.run.dir={tmp_path / 'eval'}",
@@ -67,7 +50,9 @@ def test_eval_of_the_best_checkpoint_reproduces_the_run(trained_run: Path, tmp_p
 
 
 def test_eval_of_a_missing_checkpoint_is_refused(tmp_path: Path):
-    result = run("hpa.eval", f"ckpt_path={tmp_path / 'none.ckpt'}", f"hydra.run.dir={tmp_path}")
+    result = run_module(
+        "hpa.eval", f"ckpt_path={tmp_path / 'none.ckpt'}", f"hydra.run.dir={tmp_path}"
+    )
     assert result.returncode == 2
     assert "none.ckpt" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr

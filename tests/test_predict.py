@@ -3,38 +3,28 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from cli import REPO, SMALL_SYNTHETIC_SET, run_module
 
 from hpa.labels import CLASS_NAMES, parse_target
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "hpa2018"
-
-
-def run(module: str, *overrides: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", module, *overrides]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(best checkpoint, data root with test/ and sample_submission.csv)."""
     root = tmp_path_factory.mktemp("predict")
-    result = run(
+    result = run_module(
         "hpa.train",
         f"hydra.run.dir={root / 'run'}",
         f"paths.data_dir={root / 'data'}",
-        "data.synthetic.num_images=120",
+        *SMALL_SYNTHETIC_SET,
         "data.synthetic.num_test=12",
-        "data.synthetic.image_size=64",
-        "data.image_size=64",
-        "data.batch_size=8",
         "debug=fast",
         "model=cnn",
     )
@@ -51,7 +41,7 @@ def read_output(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_submission_follows_the_sample_submission(trained, tmp_path: Path):
     checkpoint, data_root = trained
-    result = run(
+    result = run_module(
         "hpa.predict",
         f"ckpt_path={checkpoint}",
         f"data.root={data_root}",
@@ -76,7 +66,7 @@ def test_an_ensemble_of_one_model_twice_equals_the_model(trained, tmp_path: Path
     checkpoint, data_root = trained
     single, double = tmp_path / "single", tmp_path / "double"
     assert (
-        run(
+        run_module(
             "hpa.predict",
             f"ckpt_path={checkpoint}",
             f"data.root={data_root}",
@@ -84,7 +74,7 @@ def test_an_ensemble_of_one_model_twice_equals_the_model(trained, tmp_path: Path
         ).returncode
         == 0
     )
-    result = run(
+    result = run_module(
         "hpa.predict",
         f"ckpt_path=[{checkpoint},{checkpoint}]",
         f"data.root={data_root}",
@@ -99,7 +89,7 @@ def test_without_a_sample_submission_the_files_present_are_predicted(trained, tm
     checkpoint, data_root = trained
     copy = tmp_path / "copy"
     shutil.copytree(data_root / "test", copy / "test")
-    result = run(
+    result = run_module(
         "hpa.predict",
         f"ckpt_path={checkpoint}",
         f"data.root={copy}",
@@ -114,7 +104,7 @@ def test_without_a_sample_submission_the_files_present_are_predicted(trained, tm
 
 
 def test_a_missing_checkpoint_is_refused(tmp_path: Path):
-    result = run(
+    result = run_module(
         "hpa.predict",
         f"ckpt_path={tmp_path / 'gone.ckpt'}",
         f"data.root={tmp_path}",

@@ -4,41 +4,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from cli import SMALL_SYNTHETIC_SET, run_module
 
 from hpa.labels import CLASS_NAMES
 from hpa.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
 from hpa.thresholds import load_thresholds
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-SMALL_SYNTHETIC_SET = (
-    "data.synthetic.num_images=120",
-    "data.synthetic.image_size=64",
-    "data.image_size=64",
-    "data.batch_size=8",
-)
-
 
 def run_train(
     tmp_path: Path, *overrides: str, data: tuple[str, ...] = SMALL_SYNTHETIC_SET, check: bool = True
 ) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "hpa.train",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        f"paths.data_dir={tmp_path / 'data'}",
-        *data,
-        *overrides,
-    ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    run_dir, data_dir = f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}"
+    result = run_module("hpa.train", run_dir, data_dir, *data, *overrides)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
