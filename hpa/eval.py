@@ -18,7 +18,7 @@ from rich.table import Table
 
 from hpa.artifacts import write_test_artifacts
 from hpa.data.datamodule import HPADataModule
-from hpa.errors import HPAInputError
+from hpa.errors import HPAInputError, exit_on_input_error
 from hpa.io import write_json
 from hpa.models.module import HPAModule, load_module
 
@@ -104,11 +104,8 @@ def _print_report(report, final_metrics: dict[str, float]) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_input_error():
         evaluate(cfg)
-    except HPAInputError as error:
-        log.error("%s", error)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from hpa.data.dataset import RGBYDataset
 from hpa.data.reader import check_channel_files, read_ids_csv
-from hpa.errors import HPAInputError
+from hpa.errors import HPAInputError, exit_on_input_error
 from hpa.io import write_csv
 from hpa.labels import CHANNELS, CLASS_NAMES, format_target
 from hpa.models.module import HPAModule, load_module
@@ -122,11 +122,8 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_input_error():
         predict(cfg)
-    except HPAInputError as error:
-        log.error("%s", error)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from hpa import builders, metrics
 from hpa.artifacts import write_test_artifacts
 from hpa.data.datamodule import HPADataModule
-from hpa.errors import HPAInputError
+from hpa.errors import exit_on_input_error
 from hpa.io import write_json
 from hpa.labels import NUM_CLASSES
 from hpa.models.module import HPAModule, store_thresholds_in_checkpoint
@@ -120,11 +120,8 @@ def _log_summary(final_metrics: dict[str, float], output_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    try:
+    with exit_on_input_error():
         final_metrics = train(cfg)
-    except HPAInputError as error:
-        log.error("%s", error)
-        raise SystemExit(2) from None
     objective = final_metrics.get(cfg.get("optimized_metric"))
     if objective is None or not math.isfinite(objective):
         return None

@@ -33,6 +33,16 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return root / "run" / "checkpoints" / "best.ckpt", data_root
 
 
+def predict(checkpoint: object, data_root: Path, output: Path, *overrides: str):
+    return run_module(
+        "hpa.predict",
+        f"ckpt_path={checkpoint}",
+        f"data.root={data_root}",
+        f"hydra.run.dir={output}",
+        *overrides,
+    )
+
+
 def read_output(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     submission = pd.read_csv(folder / "submission.csv", dtype=str, keep_default_na=False)
     probabilities = pd.read_csv(folder / "probabilities.csv")
@@ -41,13 +51,7 @@ def read_output(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_submission_follows_the_sample_submission(trained, tmp_path: Path):
     checkpoint, data_root = trained
-    result = run_module(
-        "hpa.predict",
-        f"ckpt_path={checkpoint}",
-        f"data.root={data_root}",
-        f"hydra.run.dir={tmp_path}",
-        "tta=dihedral",
-    )
+    result = predict(checkpoint, data_root, tmp_path, "tta=dihedral")
     assert result.returncode == 0, result.stderr[-3000:]
     submission, probabilities = read_output(tmp_path)
     template = pd.read_csv(data_root / "sample_submission.csv", dtype=str)
@@ -65,21 +69,8 @@ def test_submission_follows_the_sample_submission(trained, tmp_path: Path):
 def test_an_ensemble_of_one_model_twice_equals_the_model(trained, tmp_path: Path):
     checkpoint, data_root = trained
     single, double = tmp_path / "single", tmp_path / "double"
-    assert (
-        run_module(
-            "hpa.predict",
-            f"ckpt_path={checkpoint}",
-            f"data.root={data_root}",
-            f"hydra.run.dir={single}",
-        ).returncode
-        == 0
-    )
-    result = run_module(
-        "hpa.predict",
-        f"ckpt_path=[{checkpoint},{checkpoint}]",
-        f"data.root={data_root}",
-        f"hydra.run.dir={double}",
-    )
+    assert predict(checkpoint, data_root, single).returncode == 0
+    result = predict(f"[{checkpoint},{checkpoint}]", data_root, double)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = read_output(single)[1], read_output(double)[1]
     np.testing.assert_allclose(one[list(CLASS_NAMES)], two[list(CLASS_NAMES)], atol=1e-6)
@@ -89,12 +80,7 @@ def test_without_a_sample_submission_the_files_present_are_predicted(trained, tm
     checkpoint, data_root = trained
     copy = tmp_path / "copy"
     shutil.copytree(data_root / "test", copy / "test")
-    result = run_module(
-        "hpa.predict",
-        f"ckpt_path={checkpoint}",
-        f"data.root={copy}",
-        f"hydra.run.dir={tmp_path / 'out'}",
-    )
+    result = predict(checkpoint, copy, tmp_path / "out")
     assert result.returncode == 0, result.stderr[-3000:]
     submission, _ = read_output(tmp_path / "out")
     expected = sorted(
@@ -104,11 +90,6 @@ def test_without_a_sample_submission_the_files_present_are_predicted(trained, tm
 
 
 def test_a_missing_checkpoint_is_refused(tmp_path: Path):
-    result = run_module(
-        "hpa.predict",
-        f"ckpt_path={tmp_path / 'gone.ckpt'}",
-        f"data.root={tmp_path}",
-        f"hydra.run.dir={tmp_path / 'out'}",
-    )
+    result = predict(tmp_path / "gone.ckpt", tmp_path, tmp_path / "out")
     assert result.returncode == 2
     assert "gone.ckpt" in result.stdout + result.stderr
