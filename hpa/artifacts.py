@@ -15,16 +15,33 @@ from hpa.metrics import per_class_report
 from hpa.models.module import HPAModule
 
 
+def prediction_frame(
+    ids: np.ndarray, labels: np.ndarray, probabilities: np.ndarray
+) -> pd.DataFrame:
+    """``Id``, one probability column per class name and the true ``Target``."""
+    frame = pd.DataFrame(probabilities, columns=list(CLASS_NAMES))
+    frame.insert(0, "Id", ids)
+    frame["Target"] = [format_target(row) for row in labels]
+    return frame
+
+
 def collected_test_frame(model: HPAModule, dataset: RGBYDataset) -> pd.DataFrame:
-    """``Id``, one probability column per class name and the true ``Target``, in dataset order,
-    for the images the model saw in its last test run."""
+    """The prediction frame of the images the model saw in its last test run, in dataset order."""
     rows, probabilities = model.collected_test_predictions()
     order = np.argsort(rows, kind="stable")
     rows, probabilities = rows[order], probabilities[order]
-    frame = pd.DataFrame(probabilities, columns=list(CLASS_NAMES))
-    frame.insert(0, "Id", dataset.ids[rows])
-    frame["Target"] = [format_target(dataset.labels[row]) for row in rows]
-    return frame
+    return prediction_frame(dataset.ids[rows], dataset.labels[rows], probabilities)
+
+
+def write_prediction_artifacts(
+    output_dir: Path, predictions: pd.DataFrame, decisions: np.ndarray
+) -> pd.DataFrame:
+    """Write ``test_predictions.csv`` and the per-class report of the 0/1 ``decisions``,
+    ``test_per_class.csv``; return the report."""
+    write_csv(output_dir / "test_predictions.csv", predictions)
+    report = per_class_report(targets_to_matrix(predictions["Target"]), decisions)
+    write_csv(output_dir / "test_per_class.csv", report)
+    return report
 
 
 def write_test_artifacts(
@@ -32,10 +49,6 @@ def write_test_artifacts(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``test_predictions.csv`` and ``test_per_class.csv``; return both tables."""
     predictions = collected_test_frame(model, dataset)
-    write_csv(output_dir / "test_predictions.csv", predictions)
-    targets = targets_to_matrix(predictions["Target"])
     probabilities = predictions[list(CLASS_NAMES)].to_numpy()
-    predicted = model.decide(torch.from_numpy(probabilities)).numpy().astype(np.uint8)
-    report = per_class_report(targets, predicted)
-    write_csv(output_dir / "test_per_class.csv", report)
-    return predictions, report
+    decisions = model.decide(torch.from_numpy(probabilities)).numpy().astype(np.uint8)
+    return predictions, write_prediction_artifacts(output_dir, predictions, decisions)

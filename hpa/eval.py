@@ -1,33 +1,41 @@
-"""Evaluate a checkpoint on the test split of its run: ``python -m hpa.eval ckpt_path=PATH``.
+"""Evaluate checkpoints on the test split of their run: ``python -m hpa.eval ckpt_path=PATH``.
 
 Writes ``metrics.json``, ``test_predictions.csv`` and ``test_per_class.csv`` (precision, recall,
 F1 and support per class) into its own run directory and prints the per-class table.
+
+``ckpt_path`` may also be a list or a folder of checkpoints (a k-fold multirun): each member is
+tested on its own, then their probabilities are averaged and the ensemble is scored at the mean
+of the members' thresholds. ``tta=flips|dihedral`` averages (``tta_reduce=max``: maximum) each
+model's probabilities over flipped and rotated copies of every test image.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from hpa.artifacts import write_test_artifacts
+from hpa.artifacts import collected_test_frame, write_prediction_artifacts, write_test_artifacts
+from hpa.checkpoints import checkpoint_paths, run_dir_of
 from hpa.data.datamodule import HPADataModule
 from hpa.errors import HPAInputError, exit_on_input_error
 from hpa.io import write_json
+from hpa.labels import CLASS_NAMES, targets_to_matrix
+from hpa.metrics import TEST_F1_MACRO, score_predictions
 from hpa.models.module import HPAModule, load_module
+from hpa.thresholds import binarize
+from hpa.tta import check_tta_options
 
 log = logging.getLogger(__name__)
-
-
-def run_dir_of(checkpoint_path: Path) -> Path:
-    """``RUN/checkpoints/best.ckpt`` -> ``RUN``."""
-    return checkpoint_path.resolve().parent.parent
 
 
 def _run_data_config(run_dir: Path) -> DictConfig:
@@ -66,22 +74,94 @@ def build_eval_datamodule(cfg: DictConfig, model: HPAModule, run_dir: Path) -> H
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    checkpoint_path = Path(cfg.ckpt_path)
-    if not checkpoint_path.is_file():
-        raise HPAInputError(f"checkpoint {checkpoint_path} does not exist")
+    check_tta_options(cfg.tta, cfg.tta_reduce)
+    paths = checkpoint_paths(cfg.ckpt_path)
     output_dir = Path(cfg.paths.output_dir)
-    model = load_module(checkpoint_path)
-    datamodule = build_eval_datamodule(cfg, model, run_dir_of(checkpoint_path))
+    first = load_module(paths[0])
+    run_dir = run_dir_of(paths[0])
+    datamodule = build_eval_datamodule(cfg, first, run_dir)
     datamodule.prepare_data()
     datamodule.setup("test")
+    test_set = datamodule.datasets["test"]
+    for path in paths[1:]:
+        _check_same_test_split(path, run_dir, test_set.ids, cfg)
 
     trainer = pl.Trainer(**cfg.trainer, logger=False, enable_checkpointing=False)
-    results = trainer.test(model, datamodule=datamodule)[0]
-    final_metrics = {name: float(value) for name, value in sorted(results.items())}
+    members = []
+    for path in paths:
+        model = first if path == paths[0] else load_module(path)
+        model.tta, model.tta_reduce = cfg.tta, cfg.tta_reduce
+        log.info("testing %s (tta=%s)", path, cfg.tta)
+        results = trainer.test(model, datamodule=datamodule, verbose=len(paths) == 1)[0]
+        members.append(
+            Member(
+                path=path,
+                metrics={name: float(value) for name, value in sorted(results.items())},
+                predictions=collected_test_frame(model, test_set),
+                thresholds=model.class_thresholds.cpu().numpy(),
+            )
+        )
+
+    if len(members) == 1:
+        final_metrics = members[0].metrics
+        _, report = write_test_artifacts(output_dir, first, test_set)
+    else:
+        final_metrics, report = _score_ensemble(output_dir, members, first)
     write_json(output_dir / "metrics.json", final_metrics)
-    _, report = write_test_artifacts(output_dir, model, datamodule.datasets["test"])
     _print_report(report, final_metrics)
     return final_metrics
+
+
+@dataclass
+class Member:
+    """One checkpoint's test results: its metrics, prediction frame and class thresholds."""
+
+    path: Path
+    metrics: dict[str, float]
+    predictions: pd.DataFrame
+    thresholds: np.ndarray
+
+
+def _check_same_test_split(
+    path: Path, first_run: Path, test_ids: np.ndarray, cfg: DictConfig
+) -> None:
+    """Members of an ensemble must share the test split (k folds do: the test rows are held out
+    before folding), else the ensemble would be scored on images some members trained on."""
+    split_file = run_dir_of(path) / "split.csv"
+    if cfg.get("split_file") or not split_file.is_file():
+        return
+    split = pd.read_csv(split_file, dtype={"Id": str})
+    member_test_ids = set(split.loc[split["split"] == "test", "Id"])
+    if member_test_ids != set(test_ids):
+        raise HPAInputError(
+            f"{path} was trained with another test split than {first_run} ({split_file}): "
+            "ensemble members must share their test split"
+        )
+
+
+def _score_ensemble(
+    output_dir: Path, members: list[Member], first: HPAModule
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Average the members' test probabilities and score them at their mean thresholds."""
+    predictions = members[0].predictions.copy()
+    columns = list(CLASS_NAMES)
+    for member in members[1:]:
+        if list(member.predictions["Id"]) != list(predictions["Id"]):
+            raise HPAInputError("ensemble members predicted different test images")
+    predictions[columns] = np.mean([m.predictions[columns].to_numpy() for m in members], axis=0)
+    thresholds = np.mean([member.thresholds for member in members], axis=0)
+    probabilities = predictions[columns].to_numpy()
+    decisions = binarize(probabilities, thresholds, first.hparams.ensure_one_label)
+    targets = targets_to_matrix(predictions["Target"])
+    final_metrics = score_predictions(
+        probabilities, decisions, targets, fixed_threshold=first.hparams.threshold
+    )
+    for index, member in enumerate(members):
+        member_f1 = member.metrics[TEST_F1_MACRO]
+        log.info("member %d %s: %s %.4f", index, member.path, TEST_F1_MACRO, member_f1)
+        final_metrics[f"member{index}/{TEST_F1_MACRO}"] = member_f1
+    report = write_prediction_artifacts(output_dir, predictions, decisions)
+    return dict(sorted(final_metrics.items())), report
 
 
 def _print_report(report, final_metrics: dict[str, float]) -> None:

@@ -143,6 +143,31 @@ def build_per_class_f1(num_classes: int = NUM_CLASSES, threshold: float = 0.5) -
     )
 
 
+def score_predictions(
+    probabilities: np.ndarray,
+    decisions: np.ndarray,
+    targets: np.ndarray,
+    fixed_threshold: float = 0.5,
+    stage: str = TEST,
+) -> dict[str, float]:
+    """The F1 metrics a test run logs, from whole (N, 28) arrays: macro and sample F1 of the 0/1
+    ``decisions`` (e.g. at tuned thresholds), the same of ``probabilities`` at
+    ``fixed_threshold`` (named ``...@0.5``) and each class's F1 of the decisions."""
+    decisions_t = torch.as_tensor(np.asarray(decisions), dtype=torch.float32)
+    probabilities_t = torch.as_tensor(np.asarray(probabilities), dtype=torch.float32)
+    targets_t = torch.as_tensor(np.asarray(targets)).int()
+    num_classes = targets_t.shape[1]
+    tuned = build_f1_metrics(num_classes).clone(prefix=f"{stage}/")
+    fixed = build_f1_metrics(num_classes, fixed_threshold).clone(
+        prefix=f"{stage}/", postfix=f"@{fixed_threshold:g}"
+    )
+    scores = {**tuned(decisions_t, targets_t), **fixed(probabilities_t, targets_t)}
+    per_class = build_per_class_f1(num_classes)(decisions_t, targets_t)
+    for class_id, value in enumerate(per_class):
+        scores[per_class_f1_name(stage, class_id)] = value
+    return {name: float(value) for name, value in scores.items()}
+
+
 def per_class_report(targets: np.ndarray, predictions: np.ndarray) -> pd.DataFrame:
     """Precision, recall, F1 and support of each class from (N, 28) 0/1 targets and predictions.
 

@@ -9,17 +9,17 @@ is none), and writes ``submission.csv`` (``Id,Predicted``: space-separated class
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from hpa.checkpoints import checkpoint_paths, run_dir_of
 from hpa.data.dataset import RGBYDataset
 from hpa.data.reader import check_channel_files, read_ids_csv
 from hpa.errors import HPAInputError, exit_on_input_error
@@ -27,26 +27,9 @@ from hpa.io import write_csv
 from hpa.labels import CHANNELS, CLASS_NAMES, format_target
 from hpa.models.module import HPAModule, load_module
 from hpa.thresholds import binarize
-from hpa.tta import predict_with_tta
+from hpa.tta import check_tta_options
 
 log = logging.getLogger(__name__)
-
-
-def checkpoint_paths(ckpt_path: str | Sequence[str]) -> list[Path]:
-    """A checkpoint, a list of them, or a folder holding ``**/checkpoints/best.ckpt``."""
-    given = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
-    paths: list[Path] = []
-    for entry in map(Path, given):
-        if entry.is_dir():
-            found = sorted(entry.glob("**/checkpoints/best.ckpt"))
-            if not found:
-                raise HPAInputError(f"no checkpoints/best.ckpt under {entry}")
-            paths.extend(found)
-        elif entry.is_file():
-            paths.append(entry)
-        else:
-            raise HPAInputError(f"checkpoint {entry} does not exist")
-    return paths
 
 
 def test_ids(root: Path) -> np.ndarray:
@@ -65,7 +48,7 @@ def test_ids(root: Path) -> np.ndarray:
 
 
 def trained_image_size(checkpoint_path: Path) -> int | None:
-    config_path = checkpoint_path.resolve().parent.parent / ".hydra" / "config.yaml"
+    config_path = run_dir_of(checkpoint_path) / ".hydra" / "config.yaml"
     if not config_path.is_file():
         return None
     return int(OmegaConf.load(config_path).data.image_size)
@@ -76,19 +59,16 @@ def predict_probabilities(
     model: HPAModule, loader: DataLoader, tta: str, reduce: str, device: torch.device
 ) -> np.ndarray:
     model.eval().to(device)
+    model.tta, model.tta_reduce = tta, reduce
     batches = []
     for batch in tqdm(loader, desc="predict", unit="batch"):
-        images = batch["image"].to(device)
-        probabilities = predict_with_tta(lambda x: torch.sigmoid(model(x)), images, tta, reduce)
-        batches.append(probabilities.float().cpu())
+        batches.append(model.probabilities(batch["image"].to(device)).float().cpu())
     return torch.cat(batches).numpy()
 
 
 def predict(cfg: DictConfig) -> pd.DataFrame:
-    ckpt_path = cfg.ckpt_path
-    if isinstance(ckpt_path, ListConfig):
-        ckpt_path = list(ckpt_path)
-    paths = checkpoint_paths(ckpt_path)
+    check_tta_options(cfg.tta, cfg.tta_reduce)
+    paths = checkpoint_paths(cfg.ckpt_path)
     root = Path(cfg.data.root)
     ids = test_ids(root)
     check_channel_files(root / "test", ids)

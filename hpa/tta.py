@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from hpa.errors import HPAInputError
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 TTA_MODES = ("none", "flips", "dihedral")
@@ -59,6 +61,16 @@ def tta_transforms(mode: str) -> list[Transform]:
     if mode == "dihedral":
         return [_dihedral(k, flip) for k in range(4) for flip in (False, True)]
     raise ValueError(f"unknown TTA mode {mode!r}; expected one of {TTA_MODES}")
+
+
+def check_tta_options(mode: str, reduce: str) -> None:
+    """Refuse unknown ``tta``/``tta_reduce`` settings before any work starts."""
+    if mode not in TTA_MODES:
+        raise HPAInputError(f"tta={mode!r} is not a TTA mode; choose one of {', '.join(TTA_MODES)}")
+    if reduce not in TTA_REDUCTIONS:
+        raise HPAInputError(
+            f"tta_reduce={reduce!r} is not a reduction; choose one of {', '.join(TTA_REDUCTIONS)}"
+        )
 
 
 def predict_with_tta(

@@ -15,6 +15,7 @@ from hpa import metrics
 from hpa.io import atomic_path
 from hpa.labels import NUM_CLASSES
 from hpa.models.backbones import create_backbone
+from hpa.tta import predict_with_tta
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,10 @@ class HPAModule(pl.LightningModule):
             prefix="test/", postfix=f"@{threshold:g}"
         )
         self.test_per_class_f1 = metrics.build_per_class_f1(num_classes)
+        # Test-time augmentation of test_step and predict_step (set by eval and predict; training
+        # validates and tunes thresholds without it).
+        self.tta = "none"
+        self.tta_reduce = "mean"
         # test outputs gathered for test_predictions.csv: dataset row -> probabilities
         self.test_indices: list[torch.Tensor] = []
         self.test_probabilities: list[torch.Tensor] = []
@@ -87,6 +92,17 @@ class HPAModule(pl.LightningModule):
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.backbone(images)
+
+    def probabilities(
+        self, images: torch.Tensor, logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Class probabilities of a batch, reduced over the ``tta`` transforms of the images.
+        ``logits`` of the untransformed batch, when already computed, are reused."""
+        if self.tta == "none":
+            return torch.sigmoid(self(images) if logits is None else logits)
+        return predict_with_tta(
+            lambda batch: torch.sigmoid(self(batch)), images, self.tta, self.tta_reduce
+        )
 
     def decide(self, probabilities: torch.Tensor) -> torch.Tensor:
         """0/1 predictions at the per-class thresholds; with ``ensure_one_label`` an image with no
@@ -124,8 +140,8 @@ class HPAModule(pl.LightningModule):
         self.test_probabilities.clear()
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        loss, logits = self._shared_step(batch)
-        probabilities = torch.sigmoid(logits)
+        loss, logits = self._shared_step(batch)  # the loss is that of the untransformed images
+        probabilities = self.probabilities(batch["image"], logits)
         targets = batch["target"].int()
         predictions = self.decide(probabilities)
         self.test_metrics.update(predictions, targets)
@@ -152,7 +168,7 @@ class HPAModule(pl.LightningModule):
         return rows, probabilities
 
     def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return torch.sigmoid(self(batch["image"]))
+        return self.probabilities(batch["image"])
 
     def configure_optimizers(self):
         optimizer = instantiate(dict(self.hparams.optimizer or DEFAULT_OPTIMIZER))(
