@@ -23,6 +23,7 @@ import pandas as pd
 import yaml
 
 from hpa.io import write_atomic
+from hpa.labels import SEED_MINORITY_CLASSES
 from hpa.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,13 @@ CONFIG_FILE = Path(".hydra") / "config.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 HYDRA_FILE = Path(".hydra") / "hydra.yaml"
 
+PER_CLASS_FILE = "test_per_class.csv"
+
 METRIC_COLUMNS = (VAL_F1_MACRO, VAL_F1_SAMPLES, TEST_F1_MACRO, TEST_F1_SAMPLES)
-COLUMNS = ("run", "model", *METRIC_COLUMNS, "path")
+# mean test recall of the seed report's seven minority classes (the seven rarest), from the
+# run's test_per_class.csv: what oversampling and tuned thresholds are meant to raise
+MINORITY_RECALL = "test/recall_minority"
+COLUMNS = ("run", "model", *METRIC_COLUMNS, MINORITY_RECALL, "path")
 FORMATS = ("table", "csv", "markdown")
 
 # Overrides that say where things are, not what was trained: left out of a run's label.
@@ -121,6 +127,14 @@ def _metric(metrics: dict, name: str) -> float:
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
+def minority_recall(per_class_csv: Path) -> float:
+    """Mean recall of the seven minority classes in a per-class report; NaN without one."""
+    if not per_class_csv.is_file():
+        return math.nan
+    report = pd.read_csv(per_class_csv)
+    return float(report.loc[report["class_id"].isin(SEED_MINORITY_CLASSES), "recall"].mean())
+
+
 def load_run(path: str | Path) -> dict:
     """One row of the comparison: ``run``, ``model``, the four F1 metrics and ``path``."""
     path = Path(path)
@@ -134,6 +148,7 @@ def load_run(path: str | Path) -> dict:
         "model": str(model.get("name", "")) if isinstance(model, dict) else "",
     }
     row.update({name: _metric(metrics, name) for name in METRIC_COLUMNS})
+    row[MINORITY_RECALL] = minority_recall(path / PER_CLASS_FILE)
     row["path"] = str(path)
     return row
 

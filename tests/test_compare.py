@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,17 @@ import pandas as pd
 import pytest
 from cli import SMALL_SYNTHETIC_SET, run_module
 
-from hpa.compare import COLUMNS, compare_runs, find_runs, load_run, main, run_label, to_markdown
+from hpa.compare import (
+    COLUMNS,
+    MINORITY_RECALL,
+    compare_runs,
+    find_runs,
+    load_run,
+    main,
+    run_label,
+    to_markdown,
+)
+from hpa.labels import SEED_MINORITY_CLASSES
 from hpa.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
 
 METRICS = (VAL_F1_MACRO, VAL_F1_SAMPLES, TEST_F1_MACRO, TEST_F1_SAMPLES)
@@ -60,6 +71,19 @@ def test_one_row_per_job_with_its_metrics(sweep: Path):
         for name in METRICS:
             assert row[name] == pytest.approx(expected[name])
     assert by_path["0"]["run"] != by_path["1"]["run"]
+
+
+def test_minority_recall_is_the_mean_recall_of_the_seven_rarest_classes(sweep: Path):
+    report = pd.read_csv(sweep / "0" / "test_per_class.csv")
+    expected = report.set_index("class_id").loc[list(SEED_MINORITY_CLASSES), "recall"].mean()
+    assert load_run(sweep / "0")[MINORITY_RECALL] == pytest.approx(expected)
+
+
+def test_a_run_without_a_per_class_report_has_no_minority_recall(sweep: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(sweep / "0", run)
+    (run / "test_per_class.csv").unlink()
+    assert math.isnan(load_run(run)[MINORITY_RECALL])
 
 
 def test_run_dir_and_duplicates_give_one_row(sweep: Path):
