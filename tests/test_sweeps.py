@@ -60,7 +60,9 @@ def test_multirun_puts_each_job_in_its_own_folder_of_one_sweep(tmp_path: Path):
         assert (job / "metrics.json").is_file() and (job / "checkpoints" / "best.ckpt").is_file()
         config = OmegaConf.load(job / ".hydra" / "config.yaml")
         learning_rates.append(config.optimizer.lr)
-        assert config.paths.output_dir == str(job)
+        hydra_config = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra
+        assert hydra_config.runtime.output_dir == str(job)
+        assert (job / "train.log").is_file()
     assert learning_rates == [1e-3, 3e-4]
     assert (sweep_dir / "multirun.yaml").is_file()
 
