@@ -4,6 +4,7 @@ outputs, and multirun jobs whose DDP processes share the job's directory."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from pytorch_lightning.strategies.launchers.subprocess_script import _Subprocess
 from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
+
+_LAUNCHER_ENVIRONMENT = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+_environment_before_launch: dict[str, str | None] = {}
 
 
 def world_of(trainer: pl.Trainer | None) -> tuple[int, int]:
@@ -79,7 +83,26 @@ def relaunch_job_not_sweep(trainer: pl.Trainer, output_dir: str | Path) -> None:
     hydra_config = HydraConfig.get()
     if hydra_config.mode != RunMode.MULTIRUN:
         return
+    # Lightning's launcher leaves these in this process's environment; close_process_group puts
+    # them back, or the next job would take its processes for launched from outside
+    _environment_before_launch.update(
+        {name: os.environ.get(name) for name in _LAUNCHER_ENVIRONMENT}
+    )
     sys.argv = [sys.argv[0], *hydra_config.overrides.task, "hydra.mode=RUN"]
     log.info("DDP processes of this job will run: %s", " ".join(sys.argv[1:]))
     with read_write(hydra_config), open_dict(hydra_config):
         hydra_config.run.dir = str(output_dir)
+
+
+def close_process_group() -> None:
+    """End this job's process group (and the environment its launch left behind). The next job
+    of a multirun then starts processes and a group of its own instead of Lightning reusing this
+    group, whose other processes have exited."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for name, value in _environment_before_launch.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _environment_before_launch.clear()

@@ -23,7 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from hpa import builders, metrics
 from hpa.artifacts import write_test_artifacts
 from hpa.data.datamodule import HPADataModule
-from hpa.distributed import gather_in_dataset_order, relaunch_job_not_sweep
+from hpa.distributed import (
+    close_process_group,
+    gather_in_dataset_order,
+    relaunch_job_not_sweep,
+)
 from hpa.errors import exit_on_input_error
 from hpa.io import write_json
 from hpa.labels import NUM_CLASSES
@@ -74,6 +78,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     write_json(output_dir / "metrics.json", final_metrics)
     _log_summary(final_metrics, output_dir)
     finish_wandb_runs(loggers, final_metrics)
+    close_process_group()
     return final_metrics
 
 

@@ -104,6 +104,7 @@ def test_ddp_sim_test_metrics_equal_a_single_process_test(tmp_path: Path):
     assert probabilities.shape == (len(test_ids), len(CLASS_NAMES))
 
 
+@pytest.mark.slow  # about 85 s on 2 busy cores: four processes, two jobs
 def test_multirun_of_ddp_jobs_has_one_directory_per_job(tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
     result = run_module(
