@@ -35,16 +35,10 @@ DDP_SIM_RUN = (
 @pytest.mark.parametrize("size", [7, 8, 2])
 def test_evaluation_samplers_of_two_ranks_cover_each_index_once(size: int):
     dataset = list(range(size))
-    shares = [list(evaluation_sampler(dataset, num_replicas=2, rank=rank)) for rank in (0, 1)]
+    samplers = [evaluation_sampler(dataset, num_replicas=2, rank=rank) for rank in (0, 1)]
+    shares = [list(sampler) for sampler in samplers]
     assert sorted(shares[0] + shares[1]) == dataset
-    assert all(
-        len(share) == len(sampler)
-        for share, sampler in zip(
-            shares,
-            (evaluation_sampler(dataset, 2, 0), evaluation_sampler(dataset, 2, 1)),
-            strict=True,
-        )
-    )
+    assert [len(sampler) for sampler in samplers] == [len(share) for share in shares]
 
 
 def test_oversampling_ranks_draw_disjoint_shares_of_one_epoch_draw():
@@ -61,17 +55,18 @@ def test_oversampling_ranks_draw_disjoint_shares_of_one_epoch_draw():
         whole.set_epoch(epoch)
         drawn = list(whole)
         assert shares[0] == drawn[0::2] and shares[1] == drawn[1::2]
-    epoch_0, epoch_5 = [], []
-    for epoch, out in ((0, epoch_0), (5, epoch_5)):
-        ranks[0].set_epoch(epoch)
-        out.extend(ranks[0])
-    assert epoch_0 != epoch_5  # set_epoch is honoured
+    ranks[0].set_epoch(0)
+    epoch_0 = list(ranks[0])
+    ranks[0].set_epoch(5)
+    assert list(ranks[0]) != epoch_0  # set_epoch is honoured
 
 
-def test_ddp_sim_test_metrics_equal_a_single_process_test(tmp_path: Path):
+def check_ddp_test_equals_single_process_test(tmp_path: Path, *overrides: str) -> None:
+    """Train with DDP, then test the best checkpoint in one process with `hpa.eval`: the same
+    test metrics and the same test predictions, every test image once."""
     run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
     result = run_module(
-        "hpa.train", f"hydra.run.dir={run_dir}", f"paths.data_dir={tmp_path / 'data'}", *DDP_SIM_RUN
+        "hpa.train", f"hydra.run.dir={run_dir}", f"paths.data_dir={tmp_path / 'data'}", *overrides
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "train_ddp_process_1.log").is_file()  # the second process ran
@@ -102,6 +97,19 @@ def test_ddp_sim_test_metrics_equal_a_single_process_test(tmp_path: Path):
     )
     probabilities = torch.tensor(ddp_predictions[list(CLASS_NAMES)].to_numpy())
     assert probabilities.shape == (len(test_ids), len(CLASS_NAMES))
+
+
+def test_ddp_sim_test_metrics_equal_a_single_process_test(tmp_path: Path):
+    check_ddp_test_equals_single_process_test(tmp_path, *DDP_SIM_RUN)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_ddp_on_two_gpus_tests_like_a_single_process(tmp_path: Path):
+    gpu_run = [override for override in DDP_SIM_RUN if not override.startswith("trainer=")]
+    check_ddp_test_equals_single_process_test(
+        tmp_path, *gpu_run, "trainer=ddp", "trainer.devices=2", "trainer.precision=32-true"
+    )
 
 
 @pytest.mark.slow  # about 85 s on 2 busy cores: four processes, two jobs
