@@ -35,6 +35,7 @@ def test_offline_multirun_logs_one_wandb_run_per_job(tmp_path: Path, monkeypatch
         "tags=[tiny,offline]",
         "model=cnn",
         "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=2",
         "data.num_workers=0",
         "data.normalize.num_images=32",
         "optimizer.lr=1e-3,3e-3",
