@@ -23,11 +23,17 @@ from omegaconf import DictConfig, OmegaConf
 from hpa import builders, metrics
 from hpa.artifacts import write_test_artifacts
 from hpa.data.datamodule import HPADataModule
+from hpa.distributed import (
+    close_process_group,
+    gather_in_dataset_order,
+    relaunch_job_not_sweep,
+)
 from hpa.errors import exit_on_input_error
 from hpa.io import write_json
 from hpa.labels import NUM_CLASSES
 from hpa.models.module import HPAModule, store_thresholds_in_checkpoint
 from hpa.thresholds import save_thresholds, search_thresholds
+from hpa.wandb_report import finish_wandb_runs
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = builders.build_callbacks(cfg)
     loggers = builders.build_loggers(cfg)
     trainer = builders.build_trainer(cfg, callbacks, loggers)
+    relaunch_job_not_sweep(trainer, output_dir)  # DDP processes of a multirun job: its folder
     builders.log_config(loggers, cfg)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -70,6 +77,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     final_metrics = {name: float(value) for name, value in sorted(final_metrics.items())}
     write_json(output_dir / "metrics.json", final_metrics)
     _log_summary(final_metrics, output_dir)
+    finish_wandb_runs(loggers, final_metrics)
+    close_process_group()
     return final_metrics
 
 
@@ -86,7 +95,8 @@ def _decision_thresholds(
     if cfg.model.get("thresholds", "fixed") != "tuned":
         return fixed
     batches = trainer.predict(model, dataloaders=datamodule.val_dataloader(), ckpt_path=best_path)
-    probabilities = torch.cat(batches).float().numpy()
+    # under DDP each rank predicted its own rows: gather all of them, in dataset order
+    probabilities = gather_in_dataset_order(trainer.strategy, torch.cat(batches)).float().numpy()
     targets = datamodule.datasets["val"].labels[: len(probabilities)]
     thresholds = search_thresholds(probabilities, targets, fallback=model.hparams.threshold)
     log.info("tuned thresholds on %d val images: %s", len(probabilities), np.round(thresholds, 2))

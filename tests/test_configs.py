@@ -23,6 +23,7 @@ GROUPS = [
     "paths",
     "hydra",
     "experiment",
+    "hparams_search",
     "debug",
 ]
 

@@ -16,6 +16,7 @@ from hpa.data import synthetic
 from hpa.data.dataset import RGBYDataset
 from hpa.data.reader import check_channel_files, read_labels_csv, read_sample
 from hpa.data.sampler import (
+    DistributedOversamplingSampler,
     OversamplingSampler,
     class_weights,
     frequency_table,
@@ -23,6 +24,7 @@ from hpa.data.sampler import (
 )
 from hpa.data.split import kfold_split, load_split, save_split, train_val_test_split
 from hpa.data.transforms import build_augmentation
+from hpa.distributed import evaluation_sampler, world_of
 from hpa.errors import HPAInputError
 
 log = logging.getLogger(__name__)
@@ -209,12 +211,25 @@ class HPADataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.oversample:
-            sampler = OversamplingSampler(self._train_image_weights(), seed=self.split_seed)
+            weights, (world_size, rank) = self._train_image_weights(), world_of(self.trainer)
+            if world_size > 1:  # each DDP rank draws its own share of the epoch's draws
+                sampler = DistributedOversamplingSampler(
+                    weights, world_size, rank, seed=self.split_seed
+                )
+            else:
+                sampler = OversamplingSampler(weights, seed=self.split_seed)
             return self._loader("train", sampler=sampler)
         return self._loader("train", shuffle=True)
 
+    def _evaluation_loader(self, name: str) -> DataLoader:
+        """Under DDP each rank evaluates its own rows and every row is seen exactly once."""
+        world_size, rank = world_of(self.trainer)
+        if world_size == 1:
+            return self._loader(name)
+        return self._loader(name, sampler=evaluation_sampler(self.datasets[name], world_size, rank))
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._evaluation_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._evaluation_loader("test")

@@ -9,12 +9,13 @@ not simply proportional to the class weights: ``expected_class_frequency`` compu
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from hpa.errors import HPAInputError
 from hpa.labels import CLASS_NAMES, NUM_CLASSES, SEED_MINORITY_CLASSES
@@ -86,18 +87,31 @@ class OversamplingSampler(Sampler[int]):
 
     The draws of epoch ``e`` come from a torch.Generator seeded with ``seed + e``: each epoch
     differs and any epoch can be repeated. Call ``set_epoch`` before each epoch (Lightning
-    does for a DataLoader's sampler). Kept a plain Sampler: under DDP Lightning wraps it in a
-    DistributedSamplerWrapper that shards its draws; that wrapper (Lightning 2.x) does not pass
-    ``set_epoch`` on, so under DDP every epoch reuses the epoch-0 draws, reshuffled.
+    does for a DataLoader's sampler).
+
+    Under DDP give ``num_replicas`` and ``rank`` (or use ``DistributedOversamplingSampler``): every
+    rank makes the same epoch draw, rounded up to a multiple of ``num_replicas`` so that all ranks
+    run the same number of batches, and takes every ``num_replicas``-th draw from ``rank`` on, so
+    the ranks share one epoch's draws without overlap. ``len`` is then the share of one rank.
     """
 
     def __init__(
-        self, weights: Sequence[float] | np.ndarray, num_samples: int | None = None, seed: int = 0
+        self,
+        weights: Sequence[float] | np.ndarray,
+        num_samples: int | None = None,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         self.weights = torch.from_numpy(_checked_weights(weights))
-        self.num_samples = len(self.weights) if num_samples is None else int(num_samples)
-        if self.num_samples <= 0:
+        total = len(self.weights) if num_samples is None else int(num_samples)
+        if total <= 0:
             raise ValueError(f"num_samples must be positive, got {num_samples!r}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.num_samples = math.ceil(total / self.num_replicas)  # per rank
+        self.total_size = self.num_samples * self.num_replicas
         self.seed = int(seed)
         self.epoch = 0
 
@@ -108,12 +122,31 @@ class OversamplingSampler(Sampler[int]):
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
         drawn = torch.multinomial(
-            self.weights, self.num_samples, replacement=True, generator=generator
+            self.weights, self.total_size, replacement=True, generator=generator
         )
-        return iter(drawn.tolist())
+        return iter(drawn[self.rank :: self.num_replicas].tolist())
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class DistributedOversamplingSampler(OversamplingSampler, DistributedSampler):
+    """``OversamplingSampler`` sharded over the DDP ranks. Being a ``DistributedSampler``,
+    Lightning uses it as it is (and calls its ``set_epoch``) instead of wrapping it in a
+    ``DistributedSamplerWrapper``, which would not pass ``set_epoch`` on (Lightning 2.x)."""
+
+    shuffle = True
+    drop_last = False
+
+    def __init__(
+        self,
+        weights: Sequence[float] | np.ndarray,
+        num_replicas: int,
+        rank: int,
+        num_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        OversamplingSampler.__init__(self, weights, num_samples, seed, num_replicas, rank)
 
 
 class ClassFrequency(NamedTuple):

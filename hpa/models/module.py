@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 
 from hpa import metrics
+from hpa.distributed import all_gather_rows
 from hpa.io import atomic_path
 from hpa.labels import NUM_CLASSES
 from hpa.models.backbones import create_backbone
@@ -132,7 +133,8 @@ class HPAModule(pl.LightningModule):
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         loss, logits = self._shared_step(batch)
         self.val_metrics.update(torch.sigmoid(logits), batch["target"].int())
-        self.log(metrics.VAL_LOSS, loss, on_epoch=True, prog_bar=True)
+        # sync_dist: under DDP the mean over all ranks' samples (F1 metrics sync themselves)
+        self.log(metrics.VAL_LOSS, loss, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
 
     def on_test_epoch_start(self) -> None:
@@ -147,7 +149,7 @@ class HPAModule(pl.LightningModule):
         self.test_metrics.update(predictions, targets)
         self.test_metrics_fixed.update(probabilities, targets)
         self.test_per_class_f1.update(predictions, targets)
-        self.log(metrics.TEST_LOSS, loss, on_epoch=True)
+        self.log(metrics.TEST_LOSS, loss, on_epoch=True, sync_dist=True)
         self.log_dict(self.test_metrics, on_epoch=True)
         self.log_dict(self.test_metrics_fixed, on_epoch=True)
         self.test_indices.append(batch["index"].detach().cpu())
@@ -158,6 +160,11 @@ class HPAModule(pl.LightningModule):
         self.test_per_class_f1.reset()
         for class_id, value in enumerate(per_class_f1):
             self.log(metrics.per_class_f1_name("test", class_id), value)
+        if self.trainer.world_size > 1:  # every rank gets the rows of all ranks
+            self.test_indices = all_gather_rows(self.trainer.strategy, torch.cat(self.test_indices))
+            self.test_probabilities = all_gather_rows(
+                self.trainer.strategy, torch.cat(self.test_probabilities)
+            )
 
     def collected_test_predictions(self) -> tuple[np.ndarray, np.ndarray]:
         """(dataset rows, probabilities N x 28) seen by the last test run."""

@@ -1,0 +1,89 @@
+"""A real offline W&B run per job of a tiny multirun, read back from the run's own files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli import SMALL_SYNTHETIC_SET, run_module
+from wandb_records import OfflineRun
+
+from hpa.labels import CLASS_NAMES, NUM_CLASSES
+from hpa.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, per_class_f1_name
+
+
+def media_table(run_dir: Path, key: str) -> dict:
+    (path,) = (run_dir / "files" / "media" / "table").glob(f"{key}_*.table.json")
+    return json.loads(path.read_text())
+
+
+def test_offline_multirun_logs_one_wandb_run_per_job(tmp_path: Path, monkeypatch):
+    # no credentials and no WANDB_MODE: the logger must go offline by itself, without a prompt
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    sweep_dir = tmp_path / "sweep"
+    result = run_module(
+        "hpa.train",
+        "-m",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        *SMALL_SYNTHETIC_SET,
+        "logger=wandb",
+        "wandb_group=tiny_sweep",
+        "tags=[tiny,offline]",
+        "model=cnn",
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=2",
+        "data.num_workers=0",
+        "data.normalize.num_images=32",
+        "optimizer.lr=1e-3,3e-3",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "logging offline" in result.stdout + result.stderr
+
+    run_ids = set()
+    for job, lr in (("0", 1e-3), ("1", 3e-3)):
+        job_dir = sweep_dir / job
+        (run_dir,) = (job_dir / "wandb").glob("offline-run-*")
+        assert f"wandb sync {run_dir}" in (job_dir / "train.log").read_text()
+        run = OfflineRun(run_dir)
+        run_ids.add(run.run.run_id)
+        assert run.run.project == "hpa" and run.run.run_group == "tiny_sweep"
+        assert run.run.job_type == "train" and list(run.run.tags) == ["tiny", "offline"]
+
+        # the resolved config is the run config
+        assert run.config["optimizer"]["lr"] == pytest.approx(lr)
+        assert run.config["paths"]["output_dir"] == str(job_dir)
+
+        # the summary holds the final (best checkpoint) metrics of metrics.json
+        final = json.loads((job_dir / "metrics.json").read_text())
+        for name in (VAL_F1_MACRO, TEST_F1_MACRO, TEST_F1_SAMPLES, per_class_f1_name("test", 0)):
+            assert run.summary[name] == pytest.approx(final[name], abs=1e-6)
+        epochs = run.values(VAL_F1_MACRO)
+        assert len(epochs) >= 3  # two epochs and the validation of the best checkpoint
+        assert run.summary[VAL_F1_MACRO] == pytest.approx(max(epochs[:-1]), abs=1e-6)
+
+        per_class = media_table(run_dir, "test/per_class_f1")
+        assert per_class["columns"] == ["class_id", "class", "f1", "support"]
+        assert [row[1] for row in per_class["data"]] == list(CLASS_NAMES)
+        for class_id, _, f1, _ in per_class["data"]:
+            assert f1 == pytest.approx(final[per_class_f1_name("test", class_id)], abs=1e-6)
+        chart = run.config["_wandb/visualize/test/per_class_f1_chart"]["panel_config"]
+        assert chart["panelDefId"] == "wandb/bar/v0"
+        assert chart["fieldSettings"] == {"label": "class", "value": "f1"}
+        assert run.summary["test/per_class_f1_chart_table/_type"] == "table-file"
+
+        distribution = media_table(run_dir, "data/label_distribution")
+        assert distribution["columns"] == ["class_id", "class", "train", "val", "test"]
+        assert len(distribution["data"]) == NUM_CLASSES + 1
+        assert sum(distribution["data"][-1][2:]) == 120  # images per split
+
+        (examples,) = run.values("val/examples/captions")
+        assert len(examples) == 8
+        assert all(
+            caption.startswith("true: ") and "\npredicted: " in caption for caption in examples
+        )
+        assert len(list((run_dir / "files" / "media" / "images").rglob("*.png"))) == 8
+    assert len(run_ids) == 2
