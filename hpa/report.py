@@ -75,11 +75,16 @@ def new_figure(name: str, layout: str | None = "constrained") -> Figure:
     return Figure(figsize=FIGURES[name][1], dpi=DPI, layout=layout)
 
 
-def save_figure(figure: Figure, path: str | Path) -> None:
-    """Write ``figure`` as a PNG atomically (Agg canvas, fixed dpi, no tight bounding box)."""
+def figure_png(figure: Figure) -> bytes:
+    """``figure`` drawn as PNG bytes with the Agg canvas (fixed dpi, no tight bounding box)."""
     buffer = io.BytesIO()
     FigureCanvasAgg(figure).print_png(buffer)
-    write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_figure(figure: Figure, path: str | Path) -> None:
+    """Write ``figure`` as a PNG atomically."""
+    write_bytes(path, figure_png(figure))
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,6 +246,15 @@ def _short_names(multi_hot: np.ndarray, most: int = 4) -> str:
     return f"{class_names_of(shown)} +{len(class_ids) - most} more"
 
 
+def distinct_labels(labels: Sequence[str]) -> list[str]:
+    """Run labels of ``hpa.compare`` without the overrides that every run shares (the first word,
+    the experiment or task name, is kept): ``train a=1 b=2``, ``train a=1 b=3`` -> ``train b=2``,
+    ``train b=3``."""
+    words = [label.split() for label in labels]
+    shared = set.intersection(*(set(w[1:]) for w in words)) if len(words) > 1 else set()
+    return [" ".join(w[:1] + [x for x in w[1:] if x not in shared]) for w in words]
+
+
 def per_class_f1_table(run_dirs: Sequence[str | Path], names: Sequence[str]) -> pd.DataFrame:
     """Test F1 of each class (columns, class names) for each run (rows, ``names``), read from
     each run's test_per_class.csv."""
@@ -254,8 +268,11 @@ def plot_f1_heatmap(table: pd.DataFrame) -> Figure:
     axes = figure.subplots()
     image = axes.imshow(table.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for (row, column), value in np.ndenumerate(table.to_numpy()):
-        color = "black" if value > 0.6 else "white"
-        axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=6, color=color)
+        if value > 0:
+            color = "black" if value > 0.6 else "white"
+            axes.text(
+                column, row, f"{value:.2f}", ha="center", va="center", fontsize=6, color=color
+            )
     axes.set_xticks(range(table.shape[1]), table.columns, rotation=75, fontsize=7)
     axes.set_yticks(range(len(table)), table.index, fontsize=8)
     axes.set_title("test F1 per class and run")

@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     final_metrics = {name: float(value) for name, value in sorted(final_metrics.items())}
     write_json(output_dir / "metrics.json", final_metrics)
-    if cfg.get("report"):
+    if cfg.get("report") and trainer.is_global_zero:
         report.log_to_wandb(loggers, report.write_report(output_dir))
     _log_summary(final_metrics, output_dir)
     return final_metrics
