@@ -223,7 +223,7 @@ def plot_image_grid(
         axes.set_axis_off()
         if index >= len(images):
             continue
-        axes.imshow(rgby_composite(images[index]))
+        axes.imshow(rgby_composite(images[index]), interpolation="nearest")
         agree = np.array_equal(true[index], predicted[index])
         caption = "\n".join(
             [
