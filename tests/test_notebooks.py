@@ -59,11 +59,15 @@ def test_explore_data_runs():
     )
 
 
-def test_compare_runs_trains_a_tiny_multirun_and_runs(monkeypatch: pytest.MonkeyPatch):
+def test_compare_runs_trains_a_tiny_multirun_and_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
     monkeypatch.delenv("HPA_RUNS", raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel trains its runs in a temporary folder
     notebook = execute("02_compare_runs.ipynb")
     # macro F1 bars, per-class heatmap, training curves, precision-recall curves
     assert len(outputs(notebook, "image/png")) == 4
     tables = outputs(notebook, "text/html")
     # the runs' table names what differs between the jobs (Hydra writes sweep values as True/False)
     assert tables and "data.oversample=true" in tables[0]["data"]["text/html"].lower()
+    assert len(list(tmp_path.glob("hpa-compare-*/sweep/*/metrics.json"))) == 2
