@@ -41,3 +41,7 @@ def write_json(path: str | Path, data: Mapping) -> None:
 
 def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     write_atomic(path, lambda p: frame.to_csv(p, index=False))
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    write_atomic(path, lambda p: p.write_bytes(data))

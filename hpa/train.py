@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from hpa import builders, metrics
+from hpa import builders, metrics, report
 from hpa.artifacts import write_test_artifacts
 from hpa.data.datamodule import HPADataModule
 from hpa.distributed import (
@@ -76,6 +76,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     final_metrics = {name: float(value) for name, value in sorted(final_metrics.items())}
     write_json(output_dir / "metrics.json", final_metrics)
+    if cfg.get("report") and trainer.is_global_zero:
+        report.log_to_wandb(loggers, report.write_report(output_dir))
     _log_summary(final_metrics, output_dir)
     finish_wandb_runs(loggers, final_metrics)
     close_process_group()

@@ -1,0 +1,73 @@
+"""The notebooks run top to bottom (nbclient, a real kernel, cwd notebooks/) so they never rot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def execute(name: str) -> nbformat.NotebookNode:
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": NOTEBOOKS}}
+    )
+    client.execute()
+    return notebook
+
+
+def outputs(notebook: nbformat.NotebookNode, output_type: str) -> list:
+    return [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output_type in output.get("data", {})
+    ]
+
+
+@pytest.mark.parametrize("name", ["01_explore_data.ipynb", "02_compare_runs.ipynb"])
+def test_notebooks_are_committed_without_outputs(name: str):
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(notebook)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+
+
+def shared_dir() -> Path:
+    """Where the notebooks look for ../shared: $HPA_SHARED, <repo>/../shared, /work/shared."""
+    if os.environ.get("HPA_SHARED"):
+        return Path(os.environ["HPA_SHARED"])
+    beside = NOTEBOOKS.parents[1] / "shared"
+    return beside if beside.is_dir() else Path("/work/shared")
+
+
+def test_explore_data_runs():
+    if not (shared_dir() / "data" / "hpa2018" / "train.csv").is_file():
+        pytest.skip(f"the real train.csv is not under {shared_dir()}")
+    notebook = execute("01_explore_data.ipynb")
+    # class counts, labels per image, co-occurrence, synthetic, real channels, composite, sampler
+    assert len(outputs(notebook, "image/png")) >= 7
+    assert "31,072 images" in "".join(
+        output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", [])
+    )
+
+
+def test_compare_runs_trains_a_tiny_multirun_and_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.delenv("HPA_RUNS", raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel trains its runs in a temporary folder
+    notebook = execute("02_compare_runs.ipynb")
+    # macro F1 bars, per-class heatmap, training curves, precision-recall curves
+    assert len(outputs(notebook, "image/png")) == 4
+    tables = outputs(notebook, "text/html")
+    # the runs' table names what differs between the jobs (Hydra writes sweep values as True/False)
+    assert tables and "data.oversample=true" in tables[0]["data"]["text/html"].lower()
+    assert len(list(tmp_path.glob("hpa-compare-*/sweep/*/metrics.json"))) == 2
