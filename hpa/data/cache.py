@@ -165,9 +165,12 @@ def _fill_all_rows(
             for start, chunk in chunks:
                 progress.update(_fill_rows(str(array_path), str(image_dir), chunk, start, size))
             return
-        # fork: workers start at once and share the parent's imports (DataLoader does the same)
+        # Not fork: a child forked after OpenCV or torch started their thread pools can hang.
+        # A fork server imports this module once and forks clean workers from it.
+        context = get_context("forkserver")
+        context.set_forkserver_preload([__name__])
         with ProcessPoolExecutor(
-            num_workers, mp_context=get_context("fork"), initializer=_init_build_worker
+            num_workers, mp_context=context, initializer=_init_build_worker
         ) as pool:
             futures = [
                 pool.submit(_fill_rows, str(array_path), str(image_dir), chunk, start, size)
