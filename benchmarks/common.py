@@ -54,9 +54,10 @@ def real_sample_root(root: Path, num_samples: int) -> Path:
 def train_config(*overrides: str) -> DictConfig:
     """The composed ``hpa.train`` config (what ``python -m hpa.train OVERRIDES`` runs from the
     repository root), its run directory under ``logs/bench``."""
-    os.environ.setdefault("HPA_ROOT", str(REPO))
+    root = os.environ.get("HPA_ROOT", str(REPO))
+    paths = [f"paths.root_dir={root}", f"paths.output_dir={root}/logs/bench"]
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"paths.output_dir={REPO}/logs/bench", *overrides])
+        return compose("train", overrides=[*paths, *overrides])
 
 
 def synthetic_default_root(cfg: DictConfig) -> Path:
