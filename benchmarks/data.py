@@ -11,6 +11,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(1)  # one loader process; the figures are per process
+    cv2.setNumThreads(1)
 
     with tempfile.TemporaryDirectory(prefix="hpa-bench-data-") as folder:
         root = real_sample_root(Path(folder), args.samples)
