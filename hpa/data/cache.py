@@ -49,6 +49,9 @@ CACHE_VERSION = 1
 CHUNK_SIZE = 32
 """Samples decoded per task of a parallel build."""
 
+SMALL_SET = 256
+"""Sets smaller than this are built in the calling process by default."""
+
 
 # --------------------------------------------------------------------------------------------
 # Where a cache lives and what it was built from
@@ -201,7 +204,8 @@ def build_cache(
     """Decode every sample into ``files``; the fingerprint is written last, once all is done."""
     image_dir = Path(image_dir)
     ids = np.asarray(ids).astype(str)
-    num_workers = default_build_workers() if num_workers is None else num_workers
+    if num_workers is None:  # a pool's start-up costs more than it saves on a small set
+        num_workers = default_build_workers() if len(ids) >= SMALL_SET else 1
     num_workers = max(1, min(num_workers, math.ceil(len(ids) / CHUNK_SIZE)))
     expected = fingerprint(image_dir, ids, image_size)
     files.fingerprint.unlink(missing_ok=True)  # from here on the old cache is invalid
