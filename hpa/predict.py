@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from hpa.checkpoints import checkpoint_paths, run_dir_of
+from hpa.data.cache import ensure_cache
 from hpa.data.dataset import RGBYDataset
 from hpa.data.reader import check_channel_files, read_ids_csv
 from hpa.errors import HPAInputError, exit_on_input_error
@@ -76,7 +77,11 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     if image_size is None:
         raise HPAInputError(f"image size of {paths[0]} unknown: set data.image_size")
 
-    dataset = RGBYDataset(root / "test", ids, None, int(image_size))
+    image_size, cache_dir = int(image_size), cfg.data.get("cache_dir")
+    cache = (
+        ensure_cache(root / "test", ids, image_size, cache_dir) if cfg.data.get("cache") else None
+    )
+    dataset = RGBYDataset(root / "test", ids, None, image_size, cache=cache)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     probabilities = np.zeros((len(ids), len(CLASS_NAMES)))

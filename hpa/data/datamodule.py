@@ -13,6 +13,7 @@ from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from hpa.data import synthetic
+from hpa.data.cache import PackedImages, ensure_cache
 from hpa.data.dataset import RGBYDataset
 from hpa.data.reader import check_channel_files, read_labels_csv, read_sample
 from hpa.data.sampler import (
@@ -65,6 +66,8 @@ class HPADataModule(pl.LightningDataModule):
         normalize: Mapping | None = None,
         augment: Mapping[str, Mapping] | None = None,
         synthetic: Mapping | None = None,
+        cache: bool = False,
+        cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -81,6 +84,8 @@ class HPADataModule(pl.LightningDataModule):
         self.normalize_config = dict(normalize or {})
         self.augment_config = augment
         self.synthetic_config = dict(synthetic) if synthetic else None
+        self.use_cache = cache
+        self.cache_dir = cache_dir
 
         self.ids: np.ndarray | None = None
         self.labels: np.ndarray | None = None
@@ -88,6 +93,7 @@ class HPADataModule(pl.LightningDataModule):
         self.channel_mean: np.ndarray | None = None
         self.channel_std: np.ndarray | None = None
         self.datasets: dict[str, RGBYDataset] = {}
+        self.packed_images: PackedImages | None = None  # the cache of every row of train.csv
 
     @property
     def image_dir(self) -> Path:
@@ -111,6 +117,10 @@ class HPADataModule(pl.LightningDataModule):
         self.assignment = self._split()
         for name in ("train", "val", "test"):
             log.info("%s split: %d images", name, int((self.assignment == name).sum()))
+        if self.use_cache:
+            self.packed_images = ensure_cache(
+                self.image_dir, self.ids, self.image_size, cache_dir=self.cache_dir
+            )
         self._set_normalization()
 
         augmentation = build_augmentation(self.augment_config)
@@ -125,6 +135,8 @@ class HPADataModule(pl.LightningDataModule):
                 self.labels[rows],
                 self.image_size,
                 augmentation=augmentation if name == "train" else None,
+                cache=self.packed_images,
+                cache_rows=rows,
             )
         if self.oversample:
             self._log_oversampling()
@@ -174,7 +186,10 @@ class HPADataModule(pl.LightningDataModule):
         total = np.zeros(4, dtype=np.float64)
         total_squares = np.zeros(4, dtype=np.float64)
         for row in chosen:
-            image = read_sample(self.image_dir, self.ids[row], self.image_size)
+            if self.packed_images is not None:
+                image = self.packed_images[row]
+            else:
+                image = read_sample(self.image_dir, self.ids[row], self.image_size)
             pixels = image.reshape(4, -1).astype(np.float64) / 255.0
             total += pixels.mean(axis=1)
             total_squares += (pixels**2).mean(axis=1)

@@ -1,0 +1,101 @@
+"""Samples per second of one process at 256 px with the training augmentation: the naive loader
+(PIL decode + resize of the four PNGs of each sample, as in the Kaggle kernels) against ours
+(rows of the packed cache), on real 512x512 competition PNGs.
+
+    python -m benchmarks.data [--samples 3000] [--naive-samples 240] [--size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from benchmarks.common import augment_config, consume, print_table, real_sample_root, time_it
+from hpa.data.cache import ensure_cache
+from hpa.data.dataset import RGBYDataset
+from hpa.data.reader import read_labels_csv
+from hpa.data.transforms import apply_augmentation, build_augmentation
+from hpa.labels import CHANNELS
+
+
+class NaivePILDataset(Dataset):
+    """What public HPA kernels do per sample: open four PNGs with PIL, resize, stack."""
+
+    def __init__(self, image_dir: Path, ids: np.ndarray, size: int, augmentation) -> None:
+        self.image_dir, self.ids, self.size, self.augmentation = image_dir, ids, size, augmentation
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        planes = []
+        for color in CHANNELS:
+            with Image.open(self.image_dir / f"{self.ids[index]}_{color}.png") as image:
+                resized = image.convert("L").resize((self.size, self.size), Image.BILINEAR)
+                planes.append(np.asarray(resized))
+        image = apply_augmentation(self.augmentation, np.stack(planes))
+        return {"image": torch.from_numpy(image), "index": index}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=3000, help="samples in the cache")
+    parser.add_argument("--naive-samples", type=int, default=240, help="samples decoded naively")
+    parser.add_argument("--size", type=int, default=256)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one loader process; the figures are per process
+    cv2.setNumThreads(1)
+
+    with tempfile.TemporaryDirectory(prefix="hpa-bench-data-") as folder:
+        root = real_sample_root(Path(folder), args.samples)
+        ids, _ = read_labels_csv(root / "train.csv")
+        augmentation = build_augmentation(augment_config("basic"))
+        augmentation.set_random_seed(0)
+
+        naive = NaivePILDataset(root / "train", ids[: args.naive_samples], args.size, augmentation)
+        naive_rate = measure(naive)
+
+        build_seconds = time_it(lambda: ensure_cache(root / "train", ids, args.size))
+        cache = ensure_cache(root / "train", ids, args.size)
+        cached = RGBYDataset(root / "train", ids, None, args.size, augmentation, cache=cache)
+        cached_rate = measure(cached)
+        plain = RGBYDataset(root / "train", ids, None, args.size, cache=cache)
+        unaugmented_rate = measure(plain)
+
+    print_table(
+        f"data: samples/s of one process at {args.size} px, basic augmentation, real 512 px PNGs",
+        [
+            (f"(a) naive PIL decode + resize ({len(naive)} samples)", f"{naive_rate:8.1f}"),
+            (f"(b) packed cache ({len(cached)} samples)", f"{cached_rate:8.1f}"),
+            ("ratio (b) / (a)", f"{cached_rate / naive_rate:8.1f}x   (target >= 30x)"),
+            ("packed cache without augmentation", f"{unaugmented_rate:8.1f}"),
+            (
+                f"cache build, {len(ids)} samples, all cores",
+                f"{build_seconds:8.1f} s ({len(ids) / build_seconds:.0f} samples/s)",
+            ),
+        ],
+    )
+
+
+def measure(dataset: Dataset, batch_size: int = 32) -> float:
+    """Samples per second of one pass over ``dataset`` in this process (no workers)."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
+    samples = 0
+
+    def run() -> None:
+        nonlocal samples
+        samples = consume(loader)
+
+    seconds = time_it(run)
+    return samples / seconds
+
+
+if __name__ == "__main__":
+    main()
