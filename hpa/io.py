@@ -24,10 +24,19 @@ def atomic_path(path: str | Path):
     os.close(handle)
     try:
         yield Path(temporary)
+        # mkstemp creates files readable by their owner only; give the artifact the mode any
+        # other new file gets (0666 less the umask), so colleagues can read a shared run dir
+        os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
