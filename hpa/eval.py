@@ -18,6 +18,7 @@ from rich.table import Table
 
 from hpa.artifacts import write_test_artifacts
 from hpa.data.datamodule import HPADataModule
+from hpa.data.validate import write_skipped_images
 from hpa.errors import HPAInputError, exit_on_input_error
 from hpa.io import write_json
 from hpa.models.module import HPAModule, load_module
@@ -74,6 +75,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_eval_datamodule(cfg, model, run_dir_of(checkpoint_path))
     datamodule.prepare_data()
     datamodule.setup("test")
+    write_skipped_images(output_dir, datamodule.skipped_images)
 
     trainer = pl.Trainer(**cfg.trainer, logger=False, enable_checkpointing=False)
     results = trainer.test(model, datamodule=datamodule)[0]

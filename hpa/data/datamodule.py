@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from hpa.data import synthetic
 from hpa.data.dataset import RGBYDataset
-from hpa.data.reader import check_channel_files, read_labels_csv, read_sample
+from hpa.data.epoch_seeding import EpochShuffleSampler
+from hpa.data.reader import read_labels_csv, read_sample
 from hpa.data.sampler import (
     OversamplingSampler,
     class_weights,
@@ -23,6 +24,7 @@ from hpa.data.sampler import (
 )
 from hpa.data.split import kfold_split, load_split, save_split, train_val_test_split
 from hpa.data.transforms import build_augmentation
+from hpa.data.validate import checked_samples
 from hpa.errors import HPAInputError
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ class HPADataModule(pl.LightningDataModule):
         normalize: Mapping | None = None,
         augment: Mapping[str, Mapping] | None = None,
         synthetic: Mapping | None = None,
+        validate: str = "fast",
+        on_bad_image: str = "error",
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -79,10 +83,16 @@ class HPADataModule(pl.LightningDataModule):
         self.normalize_config = dict(normalize or {})
         self.augment_config = augment
         self.synthetic_config = dict(synthetic) if synthetic else None
+        self.validate = validate
+        self.on_bad_image = on_bad_image
+        self.skipped_images = None  # Id, file, problem of the samples dropped by validation
 
         self.ids: np.ndarray | None = None
         self.labels: np.ndarray | None = None
         self.assignment: np.ndarray | None = None  # "train" | "val" | "test" per row of train.csv
+        self.split_table: tuple[np.ndarray, np.ndarray] | None = (
+            None  # (ids, assignment) of all rows
+        )
         self.channel_mean: np.ndarray | None = None
         self.channel_std: np.ndarray | None = None
         self.datasets: dict[str, RGBYDataset] = {}
@@ -105,8 +115,18 @@ class HPADataModule(pl.LightningDataModule):
         if not self.root.is_dir():
             raise HPAInputError(f"data root {self.root} does not exist (set data.root=PATH)")
         self.ids, self.labels = read_labels_csv(self.csv_path)
-        check_channel_files(self.image_dir, self.ids)
+        keep, self.skipped_images = checked_samples(
+            self.image_dir, self.ids, self.validate, self.on_bad_image
+        )
         self.assignment = self._split()
+        # split.csv lists every row of the csv (reusable once bad images are fixed); skipped
+        # samples are left out of the datasets
+        self.split_table = (self.ids, self.assignment)
+        self.ids, self.labels, self.assignment = (
+            self.ids[keep],
+            self.labels[keep],
+            self.assignment[keep],
+        )
         for name in ("train", "val", "test"):
             log.info("%s split: %d images", name, int((self.assignment == name).sum()))
         self._set_normalization()
@@ -144,7 +164,7 @@ class HPADataModule(pl.LightningDataModule):
     def save_split(self, path: str | Path) -> None:
         """Write the split as ``Id,split`` (and ``fold`` for k-fold) to ``path``."""
         fold = self.fold if self.num_folds else None
-        save_split(path, self.ids, self.assignment, fold=fold)
+        save_split(path, *self.split_table, fold=fold)
 
     def _set_normalization(self) -> None:
         mean, std = self.normalize_config.get("mean"), self.normalize_config.get("std")
@@ -211,7 +231,8 @@ class HPADataModule(pl.LightningDataModule):
         if self.oversample:
             sampler = OversamplingSampler(self._train_image_weights(), seed=self.split_seed)
             return self._loader("train", sampler=sampler)
-        return self._loader("train", shuffle=True)
+        order = EpochShuffleSampler(len(self.datasets["train"]), seed=self.split_seed)
+        return self._loader("train", sampler=order)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
