@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from cli import SMALL_SYNTHETIC_SET, run_module
+from PIL import Image
 
 from hpa.data.datamodule import HPADataModule
 from hpa.data.synthetic import generate_dataset

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from hpa.data import synthetic
 from hpa.data.dataset import RGBYDataset
-from hpa.data.epoch_seeding import EpochShuffleSampler
+from hpa.data.epoch_seeding import EpochSeededSampler, EpochShuffleSampler
 from hpa.data.reader import read_labels_csv, read_sample
 from hpa.data.sampler import (
     OversamplingSampler,
@@ -229,10 +229,14 @@ class HPADataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.oversample:
-            sampler = OversamplingSampler(self._train_image_weights(), seed=self.split_seed)
-            return self._loader("train", sampler=sampler)
-        order = EpochShuffleSampler(len(self.datasets["train"]), seed=self.split_seed)
-        return self._loader("train", sampler=order)
+            order = OversamplingSampler(self._train_image_weights(), seed=self.split_seed)
+        else:
+            order = EpochShuffleSampler(len(self.datasets["train"]), seed=self.split_seed)
+        # each epoch's order and augmentation depend only on (seed, epoch): resumed runs repeat
+        augmentation = self.datasets["train"].augmentation
+        return self._loader(
+            "train", sampler=EpochSeededSampler(order, self.split_seed, augmentation)
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

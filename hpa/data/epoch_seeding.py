@@ -5,7 +5,8 @@ the random generators: after a restart they would continue from the start-of-pro
 epoch ``e`` of a resumed run would shuffle and augment differently from epoch ``e`` of an
 uninterrupted one. Here the shuffle order comes from a generator seeded by (seed, epoch) (Lightning
 calls ``set_epoch``), and at the start of every training epoch the global generators (dropout,
-DataLoader worker seeds) and the train augmentation are reseeded from (seed, epoch).
+DataLoader worker seeds) and the train augmentation are reseeded from (seed, epoch). (A callback's
+``on_train_epoch_start`` would not do: Lightning skips it for the epoch a run resumes in.)
 
 Exact with ``num_workers=0``, and with workers re-created each epoch; persistent workers keep the
 augmentation state of the epoch they were started in, so with them only the order repeats.
@@ -13,13 +14,15 @@ augmentation state of the epoch they were started in, so with them only the orde
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import Sampler
+
+log = logging.getLogger(__name__)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -47,24 +50,34 @@ class EpochShuffleSampler(Sampler[int]):
         return self.num_samples
 
 
-class EpochSeeding(pl.Callback):
-    """Reseed torch, numpy, random and the train augmentation at the start of each train epoch."""
+class EpochSeededSampler(Sampler[int]):
+    """Wraps the train sampler; ``set_epoch`` (which Lightning calls before every train epoch, a
+    resumed one included, before its first batch is drawn) passes the epoch on and reseeds
+    random, numpy, torch (dropout, DataLoader worker seeds) and the train augmentation."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, sampler: Sampler[int], seed: int, augmentation=None) -> None:
+        self.sampler = sampler
         self.seed = int(seed)
+        self.augmentation = augmentation
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        seed = epoch_seed(self.seed, trainer.current_epoch)
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        seed = epoch_seed(self.seed, epoch)
+        log.info(
+            "train epoch %d: order, augmentation and dropout seeded from (%d, %d)",
+            epoch,
+            self.seed,
+            epoch,
+        )
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        datamodule = trainer.datamodule
-        dataset = getattr(datamodule, "datasets", {}).get("train") if datamodule else None
-        augmentation = getattr(dataset, "augmentation", None)
-        if augmentation is not None:
-            augmentation.set_random_seed(seed)
+        if self.augmentation is not None:
+            self.augmentation.set_random_seed(seed)
 
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.sampler)
 
-def epoch_seeding(seed: int | None) -> list[pl.Callback]:
-    """The callbacks that make a seeded run's epochs repeatable (none for an unseeded run)."""
-    return [] if seed is None else [EpochSeeding(seed)]
+    def __len__(self) -> int:
+        return len(self.sampler)
