@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from hpa import builders, metrics
 from hpa.artifacts import write_test_artifacts
 from hpa.data.datamodule import HPADataModule
+from hpa.data.epoch_seeding import epoch_seeding
 from hpa.data.validate import write_skipped_images
 from hpa.errors import exit_on_input_error
 from hpa.io import write_json
@@ -50,7 +51,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     write_skipped_images(output_dir, datamodule.skipped_images)
 
     model = builders.build_module(cfg, datamodule)
-    callbacks = builders.build_callbacks(cfg)
+    callbacks = builders.build_callbacks(cfg) + epoch_seeding(cfg.get("seed"))
     loggers = builders.build_loggers(cfg)
     continue_loggers(loggers, resumed_position)
     trainer = builders.build_trainer(cfg, callbacks, loggers)

@@ -212,7 +212,7 @@ class HPADataModule(pl.LightningDataModule):
             frequency_table(self.datasets["train"].labels, weights),
         )
 
-    def _loader(self, name: str, shuffle: bool = False, sampler=None) -> DataLoader:
+    def _loader(self, name: str, shuffle: bool = False, sampler=None, generator=None) -> DataLoader:
         dataset = self.datasets[name]
         return DataLoader(
             dataset,
@@ -225,6 +225,7 @@ class HPADataModule(pl.LightningDataModule):
             # a last batch of one image breaks batch norm in training
             drop_last=name == "train" and len(dataset) > self.batch_size,
             worker_init_fn=seed_worker if self.num_workers > 0 else None,
+            generator=generator,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -19,15 +19,18 @@ import random
 from collections.abc import Iterator
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from torch.utils.data import Sampler
 
 log = logging.getLogger(__name__)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 32-bit seed for one epoch of one run (distinct for distinct (seed, epoch) pairs)."""
-    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+def epoch_seed(seed: int, epoch: int, *more: int) -> int:
+    """A 32-bit seed for one epoch (or one batch of it) of one run, from (seed, epoch, ...)."""
+    return int(
+        np.random.SeedSequence([int(seed), int(epoch), *map(int, more)]).generate_state(1)[0]
+    )
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -59,6 +62,10 @@ class EpochSeededSampler(Sampler[int]):
         self.sampler = sampler
         self.seed = int(seed)
         self.augmentation = augmentation
+        # for the DataLoader: its per-iterator draw of the worker base seed would otherwise come
+        # from the global generator, shifting dropout by one draw whenever the iterator is
+        # created after ``set_epoch`` (every epoch but the first of a process)
+        self.generator = torch.Generator()
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
@@ -73,6 +80,7 @@ class EpochSeededSampler(Sampler[int]):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
+        self.generator.manual_seed(seed)
         if self.augmentation is not None:
             self.augmentation.set_random_seed(seed)
 
@@ -81,3 +89,20 @@ class EpochSeededSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+
+class BatchSeeding(pl.Callback):
+    """Reseed torch's global generator from (seed, epoch, batch) just before each training step,
+    so dropout does not depend on what else drew from it since the epoch began (Lightning's own
+    steps differ between a fresh and a resumed epoch)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx: int) -> None:
+        torch.manual_seed(epoch_seed(self.seed, trainer.current_epoch, batch_idx))
+
+
+def epoch_seeding(seed: int | None) -> list[pl.Callback]:
+    """The callbacks a seeded run needs for repeatable resumes (none for an unseeded run)."""
+    return [] if seed is None else [BatchSeeding(seed)]
