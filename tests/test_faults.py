@@ -94,16 +94,17 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
 
 
 def test_resume_a_run_dir_continues_its_checkpoint_and_log(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    first = tmp_path / "first"
-    run_train(first, data_dir, "trainer.max_epochs=1", "test=false")
-    run_train(
-        tmp_path / "second", data_dir, f"resume={first}", "trainer.max_epochs=2", "test=false"
-    )
-    checkpoint = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["epoch"] == 1  # the second epoch was trained in the first run's directory
+    data_dir, first = tmp_path / "data", tmp_path / "first"
+    short = ("test=false", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2")
+    run_train(first, data_dir, "trainer.max_epochs=1", *short)
+    before = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
+    run_train(tmp_path / "second", data_dir, f"resume={first}", "trainer.max_epochs=2", *short)
+    after = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
+    # the second epoch was trained from the first run's checkpoint, in its directory
+    assert after["global_step"] == 2 * before["global_step"] == 6
     log = pd.read_csv(first / "csv" / "metrics.csv")
-    assert sorted(log.dropna(subset=["val/f1_macro"])["epoch"].tolist()) == [0, 1]
+    # one validation row per trained epoch, then the final validation of the best checkpoint
+    assert log.dropna(subset=["val/f1_macro"])["epoch"].tolist() == [0, 1, 2]
     assert not (tmp_path / "second" / "checkpoints").exists()
 
 

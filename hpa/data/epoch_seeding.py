@@ -4,12 +4,15 @@ Lightning restores the model, optimizer, scheduler, loops and callbacks from ``l
 the random generators: after a restart they would continue from the start-of-process state, so
 epoch ``e`` of a resumed run would shuffle and augment differently from epoch ``e`` of an
 uninterrupted one. Here the shuffle order comes from a generator seeded by (seed, epoch) (Lightning
-calls ``set_epoch``), and at the start of every training epoch the global generators (dropout,
-DataLoader worker seeds) and the train augmentation are reseeded from (seed, epoch). (A callback's
-``on_train_epoch_start`` would not do: Lightning skips it for the epoch a run resumes in.)
+calls ``set_epoch``, also for the epoch a run resumes in, where it skips
+``on_train_epoch_start``); ``set_epoch`` also reseeds the global generators and the train
+augmentation from (seed, epoch), and torch's generator is reseeded from (seed, epoch, batch) before
+each training step (dropout), because Lightning draws from it differently in a fresh and in a
+resumed epoch. The train loader draws its worker base seed from its own generator.
 
-Exact with ``num_workers=0``, and with workers re-created each epoch; persistent workers keep the
-augmentation state of the epoch they were started in, so with them only the order repeats.
+Exact with ``num_workers=0`` (tested: a killed and resumed run repeats the uninterrupted run's
+metrics.csv); persistent DataLoader workers keep the augmentation state of the epoch they were
+started in, so with workers only the order and dropout repeat after a resume.
 """
 
 from __future__ import annotations
