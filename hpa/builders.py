@@ -12,6 +12,7 @@ from pytorch_lightning.loggers import Logger
 
 from hpa.data.datamodule import HPADataModule
 from hpa.models.module import HPAModule
+from hpa.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,6 @@ def build_trainer(
 
 def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
     """Send the fully resolved config to every logger as the run's hyper-parameters."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     for logger in loggers:
         logger.log_hyperparams(resolved)

@@ -27,6 +27,7 @@ from rich.table import Table
 from hpa.artifacts import collected_test_frame, write_prediction_artifacts, write_test_artifacts
 from hpa.checkpoints import checkpoint_paths, run_dir_of
 from hpa.data.datamodule import HPADataModule
+from hpa.data.validate import write_skipped_images
 from hpa.errors import HPAInputError, exit_on_input_error
 from hpa.io import write_json
 from hpa.labels import CLASS_NAMES, targets_to_matrix
@@ -83,8 +84,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup("test")
     test_set = datamodule.datasets["test"]
+    split_ids, split_assignment = datamodule.split_table  # every row, skipped images included
     for path in paths[1:]:
-        _check_same_test_split(path, run_dir, test_set.ids, cfg)
+        _check_same_test_split(path, run_dir, split_ids[split_assignment == "test"], cfg)
+    write_skipped_images(output_dir, datamodule.skipped_images)
 
     trainer = pl.Trainer(**cfg.trainer, logger=False, enable_checkpointing=False)
     members = []

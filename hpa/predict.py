@@ -22,7 +22,8 @@ from tqdm import tqdm
 from hpa.checkpoints import checkpoint_paths, run_dir_of
 from hpa.data.cache import ensure_cache
 from hpa.data.dataset import RGBYDataset
-from hpa.data.reader import check_channel_files, read_ids_csv
+from hpa.data.reader import read_ids_csv
+from hpa.data.validate import valid_ids
 from hpa.errors import HPAInputError, exit_on_input_error
 from hpa.io import write_csv
 from hpa.labels import CHANNELS, CLASS_NAMES, format_target
@@ -72,7 +73,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     paths = checkpoint_paths(cfg.ckpt_path)
     root = Path(cfg.data.root)
     ids = test_ids(root)
-    check_channel_files(root / "test", ids)
+    ids = valid_ids(root / "test", ids, cfg.data, cfg.paths.output_dir)
     image_size = cfg.data.image_size or trained_image_size(paths[0])
     if image_size is None:
         raise HPAInputError(f"image size of {paths[0]} unknown: set data.image_size")

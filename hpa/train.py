@@ -23,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from hpa import builders, metrics, report
 from hpa.artifacts import write_test_artifacts
 from hpa.data.datamodule import HPADataModule
+from hpa.data.epoch_seeding import epoch_seeding
+from hpa.data.validate import write_skipped_images
 from hpa.distributed import (
     close_process_group,
     gather_in_dataset_order,
@@ -32,6 +34,8 @@ from hpa.errors import exit_on_input_error
 from hpa.io import write_json
 from hpa.labels import NUM_CLASSES
 from hpa.models.module import HPAModule, store_thresholds_in_checkpoint
+from hpa.resume import continue_loggers, exit_on_non_finite_loss, prepare_resume
+from hpa.secrets import redact
 from hpa.thresholds import save_thresholds, search_thresholds
 from hpa.wandb_report import finish_wandb_runs
 
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job described by ``cfg``; returns its final metrics."""
+    resumed_position = prepare_resume(cfg)  # resume=RUN_DIR, ckpt_path=last: continue that run
     output_dir = Path(cfg.paths.output_dir)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -49,10 +54,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.save_split(output_dir / "split.csv")
+    write_skipped_images(output_dir, datamodule.skipped_images)
 
     model = builders.build_module(cfg, datamodule)
-    callbacks = builders.build_callbacks(cfg)
+    callbacks = builders.build_callbacks(cfg) + epoch_seeding(cfg.get("seed"))
     loggers = builders.build_loggers(cfg)
+    continue_loggers(loggers, resumed_position)
     trainer = builders.build_trainer(cfg, callbacks, loggers)
     relaunch_job_not_sweep(trainer, output_dir)  # DDP processes of a multirun job: its folder
     builders.log_config(loggers, cfg)
@@ -131,8 +138,8 @@ def _log_summary(final_metrics: dict[str, float], output_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    with exit_on_input_error():
+    log.info("config:\n%s", OmegaConf.to_yaml(redact(OmegaConf.to_container(cfg, resolve=True))))
+    with exit_on_input_error(), exit_on_non_finite_loss(cfg):
         final_metrics = train(cfg)
     objective = final_metrics.get(cfg.get("optimized_metric"))
     if objective is None or not math.isfinite(objective):

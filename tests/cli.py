@@ -17,7 +17,8 @@ SMALL_SYNTHETIC_SET = (
 )
 
 
-def run_module(module: str, *arguments: str) -> subprocess.CompletedProcess:
-    """``python -m MODULE ARGUMENTS...`` from the repository root, output captured."""
+def run_module(module: str, *arguments: str, env=None) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGUMENTS...`` from the repository root, output captured (``env``: the
+    environment, default this one)."""
     command = [sys.executable, "-m", module, *arguments]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 from hpa.data import synthetic
 from hpa.data.cache import PackedImages, ensure_cache
 from hpa.data.dataset import RGBYDataset
-from hpa.data.reader import check_channel_files, read_labels_csv, read_sample
+from hpa.data.epoch_seeding import EpochSeededSampler, EpochShuffleSampler
+from hpa.data.reader import read_labels_csv, read_sample
 from hpa.data.sampler import (
     DistributedOversamplingSampler,
     OversamplingSampler,
@@ -25,6 +26,7 @@ from hpa.data.sampler import (
 )
 from hpa.data.split import kfold_split, load_split, save_split, train_val_test_split
 from hpa.data.transforms import build_augmentation
+from hpa.data.validate import checked_samples
 from hpa.distributed import evaluation_sampler, world_of
 from hpa.errors import HPAInputError
 
@@ -68,6 +70,8 @@ class HPADataModule(pl.LightningDataModule):
         synthetic: Mapping | None = None,
         cache: bool = False,
         cache_dir: str | Path | None = None,
+        validate: str = "fast",
+        on_bad_image: str = "error",
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -86,10 +90,16 @@ class HPADataModule(pl.LightningDataModule):
         self.synthetic_config = dict(synthetic) if synthetic else None
         self.use_cache = cache
         self.cache_dir = cache_dir
+        self.validate = validate
+        self.on_bad_image = on_bad_image
+        self.skipped_images = None  # Id, file, problem of the samples dropped by validation
 
         self.ids: np.ndarray | None = None
         self.labels: np.ndarray | None = None
         self.assignment: np.ndarray | None = None  # "train" | "val" | "test" per row of train.csv
+        self.split_table: tuple[np.ndarray, np.ndarray] | None = (
+            None  # (ids, assignment) of all rows
+        )
         self.channel_mean: np.ndarray | None = None
         self.channel_std: np.ndarray | None = None
         self.datasets: dict[str, RGBYDataset] = {}
@@ -113,8 +123,18 @@ class HPADataModule(pl.LightningDataModule):
         if not self.root.is_dir():
             raise HPAInputError(f"data root {self.root} does not exist (set data.root=PATH)")
         self.ids, self.labels = read_labels_csv(self.csv_path)
-        check_channel_files(self.image_dir, self.ids)
+        keep, self.skipped_images = checked_samples(
+            self.image_dir, self.ids, self.validate, self.on_bad_image
+        )
         self.assignment = self._split()
+        # split.csv lists every row of the csv (reusable once bad images are fixed); skipped
+        # samples are left out of the datasets
+        self.split_table = (self.ids, self.assignment)
+        self.ids, self.labels, self.assignment = (
+            self.ids[keep],
+            self.labels[keep],
+            self.assignment[keep],
+        )
         for name in ("train", "val", "test"):
             log.info("%s split: %d images", name, int((self.assignment == name).sum()))
         if self.use_cache:
@@ -158,7 +178,7 @@ class HPADataModule(pl.LightningDataModule):
     def save_split(self, path: str | Path) -> None:
         """Write the split as ``Id,split`` (and ``fold`` for k-fold) to ``path``."""
         fold = self.fold if self.num_folds else None
-        save_split(path, self.ids, self.assignment, fold=fold)
+        save_split(path, *self.split_table, fold=fold)
 
     def _set_normalization(self) -> None:
         mean, std = self.normalize_config.get("mean"), self.normalize_config.get("std")
@@ -209,7 +229,7 @@ class HPADataModule(pl.LightningDataModule):
             frequency_table(self.datasets["train"].labels, weights),
         )
 
-    def _loader(self, name: str, shuffle: bool = False, sampler=None) -> DataLoader:
+    def _loader(self, name: str, shuffle: bool = False, sampler=None, generator=None) -> DataLoader:
         dataset = self.datasets[name]
         return DataLoader(
             dataset,
@@ -222,19 +242,29 @@ class HPADataModule(pl.LightningDataModule):
             # a last batch of one image breaks batch norm in training
             drop_last=name == "train" and len(dataset) > self.batch_size,
             worker_init_fn=seed_worker if self.num_workers > 0 else None,
+            generator=generator,
         )
 
     def train_dataloader(self) -> DataLoader:
-        if self.oversample:
-            weights, (world_size, rank) = self._train_image_weights(), world_of(self.trainer)
-            if world_size > 1:  # each DDP rank draws its own share of the epoch's draws
-                sampler = DistributedOversamplingSampler(
-                    weights, world_size, rank, seed=self.split_seed
-                )
-            else:
-                sampler = OversamplingSampler(weights, seed=self.split_seed)
+        world_size, rank = world_of(self.trainer)
+        if world_size > 1:
+            # Lightning calls set_epoch of a DistributedSampler itself (it would wrap any other
+            # sampler without passing set_epoch on): each rank draws its own share of the epoch
+            if not self.oversample:
+                return self._loader("train", shuffle=True)  # Lightning's DistributedSampler
+            sampler = DistributedOversamplingSampler(
+                self._train_image_weights(), world_size, rank, seed=self.split_seed
+            )
             return self._loader("train", sampler=sampler)
-        return self._loader("train", shuffle=True)
+        if self.oversample:
+            order = OversamplingSampler(self._train_image_weights(), seed=self.split_seed)
+        else:
+            order = EpochShuffleSampler(len(self.datasets["train"]), seed=self.split_seed)
+        # each epoch's order and augmentation depend only on (seed, epoch): resumed runs repeat
+        augmentation = self.datasets["train"].augmentation
+        return self._loader(
+            "train", sampler=EpochSeededSampler(order, self.split_seed, augmentation)
+        )
 
     def _evaluation_loader(self, name: str) -> DataLoader:
         """Under DDP each rank evaluates its own rows and every row is seen exactly once."""

@@ -1126,10 +1126,12 @@ def generate_dataset(
 
 def _move_into_place(work_dir: Path, root: Path, manifest: dict[str, int]) -> None:
     _check_replaceable(root)
-    if root.is_dir() and any(root.iterdir()):
-        shutil.rmtree(root)
-    elif root.is_dir():
-        root.rmdir()
+    # Move an old set aside (one rename) before deleting it: a process killed while deleting it
+    # must not leave ROOT with its manifest and train.csv but some images gone.
+    old_set = root.with_name(f"{root.name}.old-{os.getpid()}")
+    if root.is_dir():
+        os.rename(root, old_set)
+        shutil.rmtree(old_set)
     try:
         os.rename(work_dir, root)
     except OSError:

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 
 from hpa import metrics
 from hpa.distributed import all_gather_rows
+from hpa.errors import HPAInputError
 from hpa.io import atomic_path
 from hpa.labels import NUM_CLASSES
 from hpa.models.backbones import create_backbone
@@ -206,11 +207,51 @@ def store_thresholds_in_checkpoint(checkpoint_path: str | Path, thresholds) -> N
         torch.save(checkpoint, temporary)
 
 
+def check_checkpoint(checkpoint_path: str | Path) -> None:
+    """Raise HPAInputError unless ``checkpoint_path`` is a checkpoint of an HPAModule.
+
+    Loads with ``weights_only=True``: tensors and plain containers only, no pickled code.
+    """
+    checkpoint_path = Path(checkpoint_path)
+    if not checkpoint_path.is_file():
+        raise HPAInputError(f"checkpoint {checkpoint_path} does not exist")
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise HPAInputError(
+            f"{checkpoint_path} is not a readable PyTorch checkpoint "
+            f"(or holds more than tensors and plain data): {reason}"
+        ) from None
+    hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if (
+        not isinstance(hyper_parameters, dict)
+        or "name" not in hyper_parameters
+        or "state_dict" not in checkpoint
+        or "channel_mean" not in checkpoint["state_dict"]
+    ):
+        raise HPAInputError(
+            f"{checkpoint_path} is not a checkpoint of this project "
+            "(no hpa model hyper-parameters or channel statistics in it)"
+        )
+
+
 def load_module(checkpoint_path: str | Path) -> HPAModule:
     """Load a trained module for evaluation or prediction, on the CPU.
 
-    The backbone is built without fetching pretrained weights: the checkpoint holds them all.
+    The file is checked first (``check_checkpoint``) and loaded with ``weights_only=True``. The
+    backbone is built without fetching pretrained weights: the checkpoint holds them all.
     """
-    return HPAModule.load_from_checkpoint(
-        checkpoint_path, map_location="cpu", pretrained=False, pretrained_path=None
-    )
+    check_checkpoint(checkpoint_path)
+    try:
+        return HPAModule.load_from_checkpoint(
+            checkpoint_path,
+            map_location="cpu",
+            weights_only=True,
+            pretrained=False,
+            pretrained_path=None,
+        )
+    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+        raise HPAInputError(
+            f"{checkpoint_path} does not fit this project's model: {str(error).splitlines()[0]}"
+        ) from None
