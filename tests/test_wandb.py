@@ -85,5 +85,8 @@ def test_offline_multirun_logs_one_wandb_run_per_job(tmp_path: Path, monkeypatch
         assert all(
             caption.startswith("true: ") and "\npredicted: " in caption for caption in examples
         )
-        assert len(list((run_dir / "files" / "media" / "images").rglob("*.png"))) == 8
+        images = run_dir / "files" / "media" / "images"
+        assert len(list((images / "val").rglob("*.png"))) == 8
+        # the run's report figures (hpa.report) go to the same run
+        assert list((images / "report").rglob("*.png"))
     assert len(run_ids) == 2
