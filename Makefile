@@ -39,7 +39,7 @@ lint: install
 bench: install
 	$(BIN)/python -m benchmarks.data
 	$(BIN)/python -m benchmarks.cache
-	$(BIN)/python -m benchmarks.train
+	$(BIN)/python -m benchmarks.train --rounds 2
 	$(BIN)/python -m benchmarks.memory
 	$(BIN)/python -m benchmarks.cpu_defaults
 
