@@ -9,14 +9,13 @@ import pytest
 from PIL import Image
 
 from hpa.data.reader import (
-    check_channel_files,
     find_channel_file,
-    missing_channel_files,
     read_channel,
     read_ids_csv,
     read_labels_csv,
     read_sample,
 )
+from hpa.data.validate import checked_samples, find_problems
 from hpa.errors import HPAInputError
 from hpa.labels import CHANNELS, KAGGLE_CLASS_COUNTS, KAGGLE_LABELS_PER_IMAGE, NUM_CLASSES
 
@@ -175,18 +174,20 @@ def test_read_sample_refuses_channels_of_different_sizes(tmp_path: Path) -> None
 
 
 def test_missing_channel_files_are_listed_and_counted(tmp_path: Path) -> None:
+    # the validation pass (hpa.data.validate) is what finds missing files before a run
     write_sample(tmp_path, "complete", dict.fromkeys(CHANNELS, ".png"))
     write_sample(tmp_path, "partial", dict.fromkeys(CHANNELS, ".jpg"))
     (tmp_path / "partial_green.jpg").unlink()
     (tmp_path / "partial_yellow.jpg").unlink()
     expected = [str(tmp_path / "partial_green.png"), str(tmp_path / "partial_yellow.png")]
-    assert missing_channel_files(tmp_path, ["complete", "partial"]) == expected
-    check_channel_files(tmp_path, ["complete"])
+    problems = find_problems(tmp_path, ["complete", "partial"])
+    assert [p.file for p in problems if p.problem == "missing"] == expected
+    checked_samples(tmp_path, ["complete"])
     with pytest.raises(HPAInputError, match="2 channel file") as error:
-        check_channel_files(tmp_path, ["complete", "partial"])
+        checked_samples(tmp_path, ["complete", "partial"])
     assert expected[0] in str(error.value) and expected[1] in str(error.value)
     with pytest.raises(HPAInputError, match="does not exist"):
-        check_channel_files(tmp_path / "nowhere", ["complete"])
+        checked_samples(tmp_path / "nowhere", ["complete"])
 
 
 # --- real competition PNGs ---------------------------------------------------------------------
@@ -218,7 +219,7 @@ def test_real_channels_stack_into_a_sample(real_channels_dir: Path, tmp_path: Pa
     image_dir.mkdir()
     for color, source in source_of.items():
         (image_dir / f"mixed_{color}.png").symlink_to(source)
-    check_channel_files(image_dir, ["mixed"])
+    checked_samples(image_dir, ["mixed"])
     for size in (None, 256):
         sample = read_sample(image_dir, "mixed", size)
         side = 512 if size is None else size
