@@ -121,6 +121,8 @@ def test_set_epoch_changes_and_repeats_draws(default_weights: np.ndarray) -> Non
     same_seed.set_epoch(1)
     assert list(same_seed) == epoch_1
     assert list(OversamplingSampler(default_weights, num_samples=1000, seed=6)) != epoch_0
+    # neighbouring seeds do not share epochs (seed 5, epoch 1 is not seed 6, epoch 0)
+    assert list(OversamplingSampler(default_weights, num_samples=1000, seed=6)) != epoch_1
 
 
 def test_sampler_feeds_a_dataloader() -> None:

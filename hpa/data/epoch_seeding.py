@@ -36,6 +36,14 @@ def epoch_seed(seed: int, epoch: int, *more: int) -> int:
     )
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A torch.Generator for one epoch of one run. Seeding it with ``seed + epoch`` instead
+    would give seed 5's second epoch the draws of seed 6's first."""
+    generator = torch.Generator()
+    generator.manual_seed(epoch_seed(seed, epoch))
+    return generator
+
+
 class EpochShuffleSampler(Sampler[int]):
     """A random permutation of ``range(num_samples)`` drawn from (seed, epoch)."""
 
@@ -48,8 +56,7 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator()
-        generator.manual_seed(epoch_seed(self.seed, self.epoch))
+        generator = epoch_generator(self.seed, self.epoch)
         return iter(torch.randperm(self.num_samples, generator=generator).tolist())
 
     def __len__(self) -> int:

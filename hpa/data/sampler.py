@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Sampler
 
+from hpa.data.epoch_seeding import epoch_generator
 from hpa.errors import HPAInputError
 from hpa.labels import CLASS_NAMES, NUM_CLASSES, SEED_MINORITY_CLASSES
 
@@ -85,8 +86,8 @@ def expected_class_frequency(labels: np.ndarray, weights: np.ndarray) -> np.ndar
 class OversamplingSampler(Sampler[int]):
     """Draws ``num_samples`` indices with replacement, with probability proportional to weights.
 
-    The draws of epoch ``e`` come from a torch.Generator seeded with ``seed + e``: each epoch
-    differs and any epoch can be repeated. Call ``set_epoch`` before each epoch (Lightning
+    The draws of epoch ``e`` come from a torch.Generator seeded from (``seed``, ``e``): each
+    epoch differs and any epoch can be repeated. Call ``set_epoch`` before each epoch (Lightning
     does for a DataLoader's sampler).
 
     Under DDP give ``num_replicas`` and ``rank`` (or use ``DistributedOversamplingSampler``): every
@@ -119,8 +120,7 @@ class OversamplingSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
+        generator = epoch_generator(self.seed, self.epoch)
         drawn = torch.multinomial(
             self.weights, self.total_size, replacement=True, generator=generator
         )
