@@ -22,3 +22,17 @@ def run_module(module: str, *arguments: str, env=None) -> subprocess.CompletedPr
     environment, default this one)."""
     command = [sys.executable, "-m", module, *arguments]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+
+
+def train_multirun(
+    sweep_dir: Path, data_dir: Path, *overrides: str, env=None
+) -> subprocess.CompletedProcess:
+    """``python -m hpa.train -m`` with its sweep folder and data dir, output captured."""
+    return run_module(
+        "hpa.train",
+        "-m",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"paths.data_dir={data_dir}",
+        *overrides,
+        env=env,
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from cli import SMALL_SYNTHETIC_SET, run_module
+from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 
 from hpa.compare import (
     COLUMNS,
@@ -34,11 +34,9 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished multirun: jobs 0 and 1 differ only in ``optimizer.lr``."""
     root = tmp_path_factory.mktemp("compare")
     sweep_dir = root / "sweep"
-    result = run_module(
-        "hpa.train",
-        "-m",
-        f"hydra.sweep.dir={sweep_dir}",
-        f"paths.data_dir={root / 'data'}",
+    result = train_multirun(
+        sweep_dir,
+        root / "data",
         *SMALL_SYNTHETIC_SET,
         "debug=fast",
         "model=cnn",

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cli import SMALL_SYNTHETIC_SET, run_module
+from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 from torch.utils.data import DistributedSampler
 
 from hpa.data.sampler import DistributedOversamplingSampler, OversamplingSampler
@@ -115,12 +115,10 @@ def test_ddp_on_two_gpus_tests_like_a_single_process(tmp_path: Path):
 @pytest.mark.slow  # about 85 s on 2 busy cores: four processes, two jobs
 def test_multirun_of_ddp_jobs_has_one_directory_per_job(tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
-    result = run_module(
-        "hpa.train",
-        "-m",
-        f"hydra.sweep.dir={sweep_dir}",
+    result = train_multirun(
+        sweep_dir,
+        tmp_path / "data",
         f"paths.root_dir={tmp_path}",
-        f"paths.data_dir={tmp_path / 'data'}",
         *DDP_SIM_RUN,
         "trainer.max_epochs=1",
         "model.threshold=0.4,0.6",

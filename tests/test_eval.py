@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cli import SMALL_SYNTHETIC_SET, run_module
+from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 
 from hpa.data.dataset import RGBYDataset
 from hpa.labels import CLASS_NAMES
@@ -116,11 +116,9 @@ def test_an_ensemble_of_one_checkpoint_twice_scores_like_the_checkpoint(
 def kfold_sweep(trained_run: Path) -> Path:
     """Two folds of one k-fold split, trained as a multirun on the trained run's data."""
     sweep_dir = trained_run.parent / "kfold"
-    result = run_module(
-        "hpa.train",
-        "-m",
-        f"hydra.sweep.dir={sweep_dir}",
-        f"paths.data_dir={trained_run.parent / 'data'}",
+    result = train_multirun(
+        sweep_dir,
+        trained_run.parent / "data",
         *SMALL_SYNTHETIC_SET,
         "debug=fast",
         "model=cnn",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import yaml
-from cli import SMALL_SYNTHETIC_SET, run_module
+from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -44,11 +44,9 @@ def test_glob_of_seed_experiments_composes_every_row_of_the_table(tmp_path: Path
 
 def test_multirun_puts_each_job_in_its_own_folder_of_one_sweep(tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
-    result = run_module(
-        "hpa.train",
-        "-m",
-        f"hydra.sweep.dir={sweep_dir}",
-        f"paths.data_dir={tmp_path / 'data'}",
+    result = train_multirun(
+        sweep_dir,
+        tmp_path / "data",
         *TINY_RUN,
         "optimizer.lr=1e-3,3e-4",
     )

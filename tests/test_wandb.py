@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli import SMALL_SYNTHETIC_SET, run_module
+from cli import SMALL_SYNTHETIC_SET, train_multirun
 from wandb_records import OfflineRun
 
 from hpa.labels import CLASS_NAMES, NUM_CLASSES
@@ -24,11 +24,9 @@ def test_offline_multirun_logs_one_wandb_run_per_job(tmp_path: Path, monkeypatch
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     sweep_dir = tmp_path / "sweep"
-    result = run_module(
-        "hpa.train",
-        "-m",
-        f"hydra.sweep.dir={sweep_dir}",
-        f"paths.data_dir={tmp_path / 'data'}",
+    result = train_multirun(
+        sweep_dir,
+        tmp_path / "data",
         *SMALL_SYNTHETIC_SET,
         "logger=wandb",
         "wandb_group=tiny_sweep",
