@@ -99,6 +99,7 @@ def check_ddp_test_equals_single_process_test(tmp_path: Path, *overrides: str) -
     assert probabilities.shape == (len(test_ids), len(CLASS_NAMES))
 
 
+@pytest.mark.slow  # about 55 s: two DDP processes train, then a single-process eval
 def test_ddp_sim_test_metrics_equal_a_single_process_test(tmp_path: Path):
     check_ddp_test_equals_single_process_test(tmp_path, *DDP_SIM_RUN)
 

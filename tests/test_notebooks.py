@@ -59,6 +59,7 @@ def test_explore_data_runs():
     )
 
 
+@pytest.mark.slow  # about 65 s: trains a two-job multirun, then runs the notebook
 def test_compare_runs_trains_a_tiny_multirun_and_runs(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ):
