@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GPU benchmark of issue 5 (python -m benchmarks.gpu) on a lent GPU machine that has torch,
+# Lightning, timm and the rest, but not hydra-core, omegaconf, albumentations,
+# iterative-stratification and their dependencies: those travel as wheels in .whl/ (pure Python
+# or cp312 manylinux) and are installed into /tmp/site, ahead of the machine's own packages.
+#
+#   bash benchmarks/gpu_device.sh [benchmarks.gpu options]    # from the repository root
+#
+# Writes $OUT/gpu.log (everything printed) and $OUT/gpu.json (the figures); OUT defaults to
+# /tmp/hpa-gpu. Each measurement of benchmarks.gpu fails on its own (printed, then the next runs).
+set -u
+OUT=${OUT:-/tmp/hpa-gpu}
+mkdir -p "$OUT"
+
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+export NO_ALBUMENTATIONS_UPDATE=1  # albumentations asks PyPI for a newer version at import
+
+nvidia-smi -L
+echo "CPU cores: $(nproc)"
+df -h /dev/shm .  # the loader's workers pass batches through /dev/shm; the cache goes to data/
+python3 -c 'import hpa.train, torch, timm, albumentations, hydra, pytorch_lightning as pl
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "timm", timm.__version__,
+      "albumentations", albumentations.__version__, "hydra", hydra.__version__,
+      "lightning", pl.__version__)' || exit 1
+
+set -o pipefail
+PYTHONUNBUFFERED=1 timeout 330 python3 -m benchmarks.gpu --json "$OUT/gpu.json" "$@" 2>&1 |
+    tee "$OUT/gpu.log"
