@@ -64,10 +64,11 @@ BEST = "bf16 autocast, channels_last"
 
 
 class Report:
-    """Rows of the final table, printed as they come (a killed run still shows them), and the
-    same figures as JSON values."""
+    """Rows of the final table and the same figures as JSON values, printed and written (to
+    ``json_path``, if any) as they come, so that a run killed half-way still leaves them."""
 
-    def __init__(self) -> None:
+    def __init__(self, json_path: Path | None) -> None:
+        self.json_path = json_path
         self.rows: list[tuple[str, str]] = []
         self.values: dict[str, object] = {}
 
@@ -75,6 +76,8 @@ class Report:
         self.rows.append((label, text))
         self.values.update(values)
         print(f"[benchmarks.gpu] {label}: {text}", flush=True)
+        if self.json_path is not None:
+            write_json(self.json_path, {"rows": self.rows, **self.values})
 
     def attempt(self, name: str, work: Callable[[], object]) -> object | None:
         """Run one measurement; a failure is printed and recorded, and the next one runs."""
@@ -463,10 +466,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    report = Report()
+    report = Report(args.json)
+    report.values["settings"] = vars(args) | {"json": str(args.json)}
     for label, text in header_rows(args):
         report.add(label, text)
-    report.values["settings"] = vars(args) | {"json": str(args.json)}
     started = time.perf_counter()
 
     datamodule = report.attempt("data", lambda: prepare_data(args, report))
@@ -477,8 +480,6 @@ def main() -> None:
     report.add("benchmark wall time", f"{time.perf_counter() - started:7.1f} s")
 
     print_table(f"gpu: training throughput of {args.model} at {args.size} px", report.rows)
-    if args.json is not None:
-        write_json(args.json, {"rows": report.rows, **report.values})
 
 
 if __name__ == "__main__":
