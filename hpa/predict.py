@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from hpa.checkpoints import checkpoint_paths, run_dir_of
 from hpa.data.cache import ensure_cache
-from hpa.data.dataset import RGBYDataset
+from hpa.data.dataset import RGBYDataset, collate_samples
 from hpa.data.reader import read_ids_csv
 from hpa.data.validate import valid_ids
 from hpa.errors import HPAInputError, exit_on_input_error
@@ -83,7 +83,12 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         ensure_cache(root / "test", ids, image_size, cache_dir) if cfg.data.get("cache") else None
     )
     dataset = RGBYDataset(root / "test", ids, None, image_size, cache=cache)
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate_samples,
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     probabilities = np.zeros((len(ids), len(CLASS_NAMES)))
     thresholds = np.zeros(len(CLASS_NAMES))

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from hpa.data.cache import CacheFiles, PackedImages, build_cache, cache_folder, ensure_cache
 from hpa.data.datamodule import HPADataModule
-from hpa.data.dataset import RGBYDataset
+from hpa.data.dataset import RGBYDataset, collate_samples
 from hpa.data.reader import read_labels_csv, read_sample
 from hpa.data.synthetic import generate_dataset
 from hpa.errors import HPAInputError
@@ -47,7 +47,8 @@ def _files(root: Path, size: int = SIZE) -> CacheFiles:
 
 
 def _decoded(root: Path, ids: np.ndarray, size: int = SIZE) -> np.ndarray:
-    return np.stack([read_sample(root / "train", sample_id, size) for sample_id in ids])
+    """The decoded images in the cache's layout: N x S x S x 4 (rows channels-last)."""
+    return np.stack([read_sample(root / "train", i, size).transpose(1, 2, 0) for i in ids])
 
 
 def test_cache_holds_exactly_the_decoded_images_and_their_ids(data_root: Path):
@@ -56,10 +57,16 @@ def test_cache_holds_exactly_the_decoded_images_and_their_ids(data_root: Path):
 
     files = _files(data_root)
     assert images.path == files.images
-    assert images.shape == (len(ids), 4, SIZE, SIZE)
+    assert images.shape == (len(ids), SIZE, SIZE, 4) and images.image_size == SIZE
     packed = np.load(files.images)  # a standard .npy file
     np.testing.assert_array_equal(packed, _decoded(data_root, ids))
-    np.testing.assert_array_equal(np.stack([images[row] for row in range(len(ids))]), packed)
+    # rows read back as 4 x S x S images, and into a given buffer as S x S x 4
+    chw = np.stack([images[row] for row in range(len(ids))])
+    np.testing.assert_array_equal(chw, packed.transpose(0, 3, 1, 2))
+    buffer = np.empty((SIZE, SIZE, 4), dtype=np.uint8)
+    np.testing.assert_array_equal(images.read_into(3, buffer), packed[3])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        images.read_into(3, buffer.transpose(1, 0, 2))
     np.testing.assert_array_equal(np.load(files.ids), ids)
     stored = json.loads(files.fingerprint.read_text())
     assert stored["image_size"] == SIZE and stored["num_samples"] == len(ids)
@@ -105,7 +112,7 @@ def test_changed_sources_ids_or_size_rebuild_the_cache(data_root: Path):
 
     # another image size: a cache of its own
     other = ensure_cache(image_dir, subset, 32)
-    assert other.path == _files(data_root, 32).images and other.shape[2:] == (32, 32)
+    assert other.path == _files(data_root, 32).images and other.image_size == 32
     np.testing.assert_array_equal(np.load(other.path), _decoded(data_root, subset, 32))
 
 
@@ -174,9 +181,15 @@ def test_dataloader_workers_read_the_cache_not_the_files(data_root: Path):
     # workers receive the path, not the images
     assert len(pickle.dumps(dataset)) < expected.nbytes / 10
 
-    loader = DataLoader(dataset, batch_size=8, num_workers=2)
-    batches = [batch["image"].numpy() for batch in loader]
-    np.testing.assert_array_equal(np.concatenate(batches), expected)
+    # torch's default collate, and ours, whose workers write batches into shared memory
+    for collate_fn in (None, collate_samples):
+        loader = DataLoader(dataset, batch_size=8, num_workers=2, collate_fn=collate_fn)
+        batches = [batch["image"] for batch in loader]
+        assert all(batch.shape == (8, 4, SIZE, SIZE) for batch in batches)
+        if collate_fn is collate_samples:
+            assert all(batch.is_contiguous(memory_format=torch.channels_last) for batch in batches)
+        images_read = torch.cat(batches).permute(0, 2, 3, 1).numpy()
+        np.testing.assert_array_equal(images_read, expected)
 
 
 def test_a_cache_of_another_size_is_refused_by_the_dataset(data_root: Path):

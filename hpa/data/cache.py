@@ -1,10 +1,10 @@
-"""A packed uint8 cache of decoded images: one ``.npy`` file of N x 4 x S x S (RGBY) samples.
+"""A packed uint8 cache of decoded images: one ``.npy`` file of N x S x S x 4 (RGBY) samples.
 
 Decoding four PNGs per sample every epoch is the bottleneck of an HPA pipeline. The cache decodes
 every image once (in parallel over all cores), resizes it to the training size and packs all
 samples into one uint8 array stored as a standard ``.npy`` file, with two small companions::
 
-    CACHE/{name}-s{S}.npy        the images, N x 4 x S x S uint8 (np.load(..., mmap_mode="r"))
+    CACHE/{name}-s{S}.npy        the images, N x S x S x 4 uint8 (np.load(..., mmap_mode="r"))
     CACHE/{name}-s{S}.ids.npy    the sample id of each row
     CACHE/{name}-s{S}.json       the fingerprint the cache was built from
 
@@ -15,7 +15,10 @@ newest modification time; not a re-hash of their content). A build writes the ar
 temporary name, renames it when every row is written, and writes the fingerprint last: a cache
 without a matching fingerprint, such as an interrupted build, is never read and is rebuilt.
 
-Reading (``PackedImages``) copies one row out of the file with ``os.preadv``; each process (each
+Rows are channels-last (S x S x 4, the four stains of a pixel side by side): the layout that
+albumentations transforms and that the models run in (``channels_last``), so a row goes from the
+file to a training batch without a transposing copy. Reading (``PackedImages``) copies one row
+out of the file with ``os.preadv``; each process (each
 DataLoader worker) opens the file lazily on first use. The pages stay in the kernel's page cache,
 shared by all workers and reclaimable, instead of in each process's memory, so a cache larger
 than RAM works and a process's resident memory does not grow with the data set.
@@ -43,8 +46,9 @@ from hpa.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-"""Bumped when the layout or the decoding changes, so that old caches are rebuilt."""
+CACHE_VERSION = 2
+"""Bumped when the layout or the decoding changes, so that old caches are rebuilt (2: rows
+channels-last)."""
 
 CHUNK_SIZE = 32
 """Samples decoded per task of a parallel build."""
@@ -149,7 +153,7 @@ def _fill_rows(array_path: str, image_dir: str, ids: list[str], start: int, size
     """Decode ``ids`` and write them into rows ``start...`` of the array at ``array_path``."""
     images = np.load(array_path, mmap_mode="r+")
     for offset, sample_id in enumerate(ids):
-        images[start + offset] = read_sample(image_dir, sample_id, size)
+        images[start + offset] = read_sample(image_dir, sample_id, size).transpose(1, 2, 0)
     images.flush()
     del images
     return len(ids)
@@ -217,7 +221,7 @@ def build_cache(
         image_size,
         num_workers,
     )
-    shape = (len(ids), 4, int(image_size), int(image_size))
+    shape = (len(ids), int(image_size), int(image_size), 4)
     with atomic_path(files.images) as temporary:
         np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape).flush()
         _fill_all_rows(temporary, image_dir, ids, int(image_size), num_workers)
@@ -255,7 +259,9 @@ def ensure_cache(
 
 
 class PackedImages:
-    """Rows of a packed cache, read on demand: ``images[row]`` is a fresh uint8 4 x S x S array.
+    """Rows of a packed cache, read on demand: ``images[row]`` is a fresh uint8 4 x S x S array
+    (a view of the row's S x S x 4 pixels); ``images.read_into(row, out)`` fills an S x S x 4
+    buffer.
 
     Pickles (to DataLoader workers) as its path only; each process opens the file on first use.
     """
@@ -266,9 +272,10 @@ class PackedImages:
         shape, offset = mapped.shape, mapped.offset
         is_packed = mapped.dtype == np.uint8 and mapped.flags.c_contiguous
         del mapped
-        if not is_packed or len(shape) != 4 or shape[1] != 4:
-            raise HPAInputError(f"{self.path} is not a packed N x 4 x S x S uint8 image cache")
+        if not is_packed or len(shape) != 4 or shape[3] != 4 or shape[1] != shape[2]:
+            raise HPAInputError(f"{self.path} is not a packed N x S x S x 4 uint8 image cache")
         self.shape: tuple[int, int, int, int] = tuple(shape)
+        self.image_size = int(shape[1])
         self.offset = int(offset)
         self.row_bytes = int(np.prod(shape[1:]))
         self._descriptor: int | None = None
@@ -284,13 +291,18 @@ class PackedImages:
         return self._descriptor
 
     def __getitem__(self, row: int) -> np.ndarray:
+        return self.read_into(row, np.empty(self.shape[1:], dtype=np.uint8)).transpose(2, 0, 1)
+
+    def read_into(self, row: int, out: np.ndarray) -> np.ndarray:
+        """Copy row ``row`` into ``out``, a C-contiguous S x S x 4 uint8 array; returns ``out``."""
         if not 0 <= row < self.shape[0]:
             raise IndexError(f"row {row} out of range for {self.path} ({self.shape[0]} samples)")
-        image = np.empty(self.shape[1:], dtype=np.uint8)
-        read = os.preadv(self._file(), [image], self.offset + int(row) * self.row_bytes)
+        if out.shape != self.shape[1:] or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"read_into needs a C-contiguous {self.shape[1:]} uint8 array")
+        read = os.preadv(self._file(), [out], self.offset + int(row) * self.row_bytes)
         if read != self.row_bytes:
             raise HPAInputError(f"{self.path} is truncated (row {row}): delete it to rebuild")
-        return image
+        return out
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_descriptor": None, "_owner_pid": None}

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from hpa.data import synthetic
 from hpa.data.cache import PackedImages, ensure_cache
-from hpa.data.dataset import RGBYDataset
+from hpa.data.dataset import RGBYDataset, collate_samples
 from hpa.data.epoch_seeding import EpochSeededSampler, EpochShuffleSampler
 from hpa.data.reader import read_labels_csv, read_sample
 from hpa.data.sampler import (
@@ -236,6 +236,7 @@ class HPADataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
+            collate_fn=collate_samples,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

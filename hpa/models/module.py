@@ -91,9 +91,11 @@ class HPAModule(pl.LightningModule):
         if images.dtype == torch.uint8:
             images = images.float().div_(255.0)
         images = (images - self.channel_mean) / self.channel_std
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.backbone(images)
+        # loader batches come in channels-last memory (hpa.data.dataset.collate_samples)
+        memory_format = (
+            torch.channels_last if self.hparams.channels_last else torch.contiguous_format
+        )
+        return self.backbone(images.contiguous(memory_format=memory_format))
 
     def probabilities(
         self, images: torch.Tensor, logits: torch.Tensor | None = None
