@@ -6,6 +6,15 @@
 #
 #   bash benchmarks/gpu_device.sh [benchmarks.gpu options]    # from the repository root
 #
+# .whl/ is not committed (.git/info/exclude); on a machine with PyPI, for the device's Python 3.12:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl hydra-core==1.3.8 omegaconf==2.3.1 albumentations==2.0.8 albucore==0.0.24 \
+#     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+#     typing_extensions==4.16.0 stringzilla==5.3.2 simsimd==6.5.16 iterative-stratification==0.1.9 \
+#     timm==1.0.31
+#   pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3    # published as source only
+#
 # Writes $OUT/gpu.log (everything printed) and $OUT/gpu.json (the figures); OUT defaults to
 # /tmp/hpa-gpu. Each measurement of benchmarks.gpu fails on its own (printed, then the next runs).
 set -u
