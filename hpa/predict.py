@@ -4,6 +4,8 @@
 ``ROOT/test/``, in the order of ``ROOT/sample_submission.csv`` (or of the files present when there
 is none), and writes ``submission.csv`` (``Id,Predicted``: space-separated class ids) and
 ``probabilities.csv`` into its run directory. Several checkpoints are averaged (an ensemble).
+With ``data.on_bad_image=skip`` a bad image keeps its row in ``submission.csv`` with no class (and
+has none in ``probabilities.csv``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from hpa.checkpoints import checkpoint_paths, run_dir_of
 from hpa.data.cache import ensure_cache
 from hpa.data.dataset import RGBYDataset, collate_samples
 from hpa.data.reader import read_ids_csv
-from hpa.data.validate import valid_ids
+from hpa.data.validate import SKIPPED_IMAGES_FILE, valid_ids
 from hpa.errors import HPAInputError, exit_on_input_error
 from hpa.io import write_csv
 from hpa.labels import CHANNELS, CLASS_NAMES, format_target
@@ -72,8 +74,8 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     check_tta_options(cfg.tta, cfg.tta_reduce)
     paths = checkpoint_paths(cfg.ckpt_path)
     root = Path(cfg.data.root)
-    ids = test_ids(root)
-    ids = valid_ids(root / "test", ids, cfg.data, cfg.paths.output_dir)
+    all_ids = test_ids(root)
+    ids = valid_ids(root / "test", all_ids, cfg.data, cfg.paths.output_dir)
     image_size = cfg.data.image_size or trained_image_size(paths[0])
     if image_size is None:
         raise HPAInputError(f"image size of {paths[0]} unknown: set data.image_size")
@@ -102,7 +104,16 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
 
     output_dir = Path(cfg.paths.output_dir)
     decisions = binarize(probabilities, thresholds, model.hparams.ensure_one_label)
-    submission = pd.DataFrame({"Id": ids, "Predicted": [format_target(row) for row in decisions]})
+    predicted = dict(zip(ids, map(format_target, decisions), strict=True))
+    # Kaggle takes only a submission with every id: a skipped image (data.on_bad_image=skip,
+    # listed in skipped_images.csv) is kept with no class
+    submission = pd.DataFrame({"Id": all_ids, "Predicted": [predicted.get(i, "") for i in all_ids]})
+    if len(ids) < len(all_ids):
+        log.warning(
+            "%d skipped test image(s) have an empty Predicted in submission.csv (%s)",
+            len(all_ids) - len(ids),
+            output_dir / SKIPPED_IMAGES_FILE,
+        )
     write_csv(output_dir / "submission.csv", submission)
     probability_table = pd.DataFrame(probabilities, columns=list(CLASS_NAMES))
     probability_table.insert(0, "Id", ids)

@@ -93,3 +93,24 @@ def test_a_missing_checkpoint_is_refused(tmp_path: Path):
     result = predict(tmp_path / "gone.ckpt", tmp_path, tmp_path / "out")
     assert result.returncode == 2
     assert "gone.ckpt" in result.stdout + result.stderr
+
+
+def test_a_skipped_bad_image_keeps_its_row_with_no_class(trained, tmp_path: Path):
+    checkpoint, source_root = trained
+    data_root = tmp_path / "data"
+    shutil.copytree(source_root, data_root, ignore=shutil.ignore_patterns("cache"))
+    template = pd.read_csv(data_root / "sample_submission.csv", dtype=str)
+    bad_id = template["Id"][1]
+    next((data_root / "test").glob(f"{bad_id}_green.*")).write_bytes(b"")  # an empty file
+
+    output = tmp_path / "out"
+    result = predict(checkpoint, data_root, output, "data.on_bad_image=skip")
+    assert result.returncode == 0, result.stderr[-3000:]
+    submission, probabilities = read_output(output)
+    assert list(submission["Id"]) == list(template["Id"])  # Kaggle's rows, all of them
+    assert submission.set_index("Id")["Predicted"][bad_id] == ""
+    others = submission[submission["Id"] != bad_id]["Predicted"]
+    assert all(parse_target(value).sum() >= 1 for value in others)
+    assert bad_id not in set(probabilities["Id"]) and len(probabilities) == len(template) - 1
+    assert pd.read_csv(output / "skipped_images.csv")["Id"].tolist() == [bad_id]
+    assert "empty Predicted" in result.stdout + result.stderr
