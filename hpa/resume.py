@@ -61,7 +61,7 @@ def prepare_resume(cfg: DictConfig) -> dict | None:
         cfg.paths.output_dir = str(run_dir)
         cfg.ckpt_path = str(checkpoint_path)
         for name, entry in (cfg.get("logger") or {}).items():
-            if entry and "WandbLogger" in str(entry.get("_target_", "")):
+            if entry and _is_wandb_logger(str(entry.get("_target_", ""))):
                 run_id = _stored_wandb_id(run_dir)
                 if run_id:
                     log.info("resuming W&B run %s (logger %s)", run_id, name)
@@ -139,6 +139,11 @@ def _config_key(overrides: list[str]) -> tuple[str, ...]:
         if not key.startswith(_IGNORED_OVERRIDES):
             kept.append(override)
     return tuple(sorted(kept))
+
+
+def _is_wandb_logger(target: str) -> bool:
+    """Our factory (conf/logger/wandb.yaml) or Lightning's class, by its config ``_target_``."""
+    return target.rsplit(".", 1)[-1] in ("wandb_logger", "WandbLogger")
 
 
 def _stored_wandb_id(run_dir: Path) -> str | None:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli import SMALL_SYNTHETIC_SET, train_multirun
+from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 from wandb_records import OfflineRun
 
 from hpa.labels import CLASS_NAMES, NUM_CLASSES
@@ -88,3 +88,45 @@ def test_offline_multirun_logs_one_wandb_run_per_job(tmp_path: Path, monkeypatch
         # the run's report figures (hpa.report) go to the same run
         assert list((images / "report").rglob("*.png"))
     assert len(run_ids) == 2
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    data_dir, run_dir = tmp_path / "data", tmp_path / "first"
+    common = (
+        f"paths.data_dir={data_dir}",
+        *SMALL_SYNTHETIC_SET,
+        "logger=wandb",
+        "model=cnn",
+        "test=false",
+        "report=false",
+        "data.num_workers=0",
+        "data.normalize.num_images=32",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=2",
+    )
+    first = run_module("hpa.train", f"hydra.run.dir={run_dir}", *common, "trainer.max_epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_module(
+        "hpa.train",
+        f"hydra.run.dir={tmp_path / 'second'}",
+        *common,
+        f"resume={run_dir}",
+        "trainer.max_epochs=2",
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+
+    # two offline run folders (one per process) of one W&B run: the second continues the first
+    folders = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2
+    before, after = (OfflineRun(folder) for folder in folders)
+    assert after.run.run_id == before.run.run_id == folders[0].name.rsplit("-", 1)[-1]
+    assert f"resuming W&B run {before.run.run_id}" in second.stdout + second.stderr
+
+    # the resumed process logs the epochs after the first one's, at later trainer steps
+    def validation_steps(run: OfflineRun) -> list[int]:
+        return [row["trainer/global_step"] for row in run.history if VAL_F1_MACRO in row]
+
+    assert before.values("epoch")[-1] < after.values("epoch")[-1]
+    assert validation_steps(before) and validation_steps(after)
+    assert min(validation_steps(after)) > max(validation_steps(before))
