@@ -69,11 +69,14 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    last = killed / "checkpoints" / "last.ckpt"
+    # killed as soon as the second epoch starts (its start is logged after the first epoch's
+    # checkpoint): a sleep would race the run, whose epochs take well under a second here
+    log_file, last = killed / "train.log", killed / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
-    while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # into the next epoch
+    while process.poll() is None and time.monotonic() < deadline:
+        if log_file.is_file() and "train epoch 1:" in log_file.read_text():
+            break
+        time.sleep(0.01)
     assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
