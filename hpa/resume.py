@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
-import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
@@ -47,8 +46,7 @@ def prepare_resume(cfg: DictConfig) -> dict | None:
     checkpoint_path = run_dir / LAST_CHECKPOINT
     if not checkpoint_path.is_file():
         raise HPAInputError(f"cannot resume {run_dir}: {checkpoint_path} does not exist")
-    check_checkpoint(checkpoint_path)
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint = check_checkpoint(checkpoint_path)
     position = {"epoch": int(checkpoint["epoch"]), "global_step": int(checkpoint["global_step"])}
     log.info(
         "resuming %s from %s (epoch %d done, step %d)",

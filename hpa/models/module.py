@@ -209,8 +209,9 @@ def store_thresholds_in_checkpoint(checkpoint_path: str | Path, thresholds) -> N
         torch.save(checkpoint, temporary)
 
 
-def check_checkpoint(checkpoint_path: str | Path) -> None:
-    """Raise HPAInputError unless ``checkpoint_path`` is a checkpoint of an HPAModule.
+def check_checkpoint(checkpoint_path: str | Path) -> dict:
+    """The checkpoint at ``checkpoint_path`` (loaded on the CPU); HPAInputError unless it is a
+    checkpoint of an HPAModule.
 
     Loads with ``weights_only=True``: tensors and plain containers only, no pickled code.
     """
@@ -236,6 +237,7 @@ def check_checkpoint(checkpoint_path: str | Path) -> None:
             f"{checkpoint_path} is not a checkpoint of this project "
             "(no hpa model hyper-parameters or channel statistics in it)"
         )
+    return checkpoint
 
 
 def load_module(checkpoint_path: str | Path) -> HPAModule:
