@@ -15,6 +15,7 @@ import torch
 from cli import REPO, SMALL_SYNTHETIC_SET, run_module
 
 from hpa.data import synthetic
+from hpa.data.datamodule import HPADataModule
 from hpa.data.epoch_seeding import EpochShuffleSampler
 
 # num_workers=0: every random draw of an epoch then follows (seed, epoch) (see epoch_seeding.py)
@@ -55,6 +56,20 @@ def test_shuffle_order_depends_only_on_seed_and_epoch() -> None:
     second.set_epoch(2)
     assert list(second) == orders[2]  # straight to epoch 2, no earlier epochs drawn
     assert orders[0] != orders[1] and sorted(orders[0]) == list(range(50))
+
+
+def test_train_loader_worker_seed_depends_only_on_seed_and_epoch(tmp_path: Path) -> None:
+    root = synthetic.generate_dataset(tmp_path / "set", 24, 32, 0, progress=False)
+    datamodule = HPADataModule(root, image_size=32, batch_size=4, num_workers=0)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    base_seeds = []  # what each worker's seed derives from; torch draws it per iterator
+    for global_seed in (1, 2):
+        loader.sampler.set_epoch(1)
+        torch.manual_seed(global_seed)  # whatever else drew from torch's generator meanwhile
+        base_seeds.append(iter(loader)._base_seed)
+    loader.sampler.set_epoch(2)
+    assert base_seeds[0] == base_seeds[1] != iter(loader)._base_seed
 
 
 @pytest.mark.slow

@@ -97,9 +97,8 @@ class HPADataModule(pl.LightningDataModule):
         self.ids: np.ndarray | None = None
         self.labels: np.ndarray | None = None
         self.assignment: np.ndarray | None = None  # "train" | "val" | "test" per row of train.csv
-        self.split_table: tuple[np.ndarray, np.ndarray] | None = (
-            None  # (ids, assignment) of all rows
-        )
+        # (ids, assignment) of every row of the csv, skipped images included
+        self.split_table: tuple[np.ndarray, np.ndarray] | None = None
         self.channel_mean: np.ndarray | None = None
         self.channel_std: np.ndarray | None = None
         self.datasets: dict[str, RGBYDataset] = {}
@@ -263,9 +262,8 @@ class HPADataModule(pl.LightningDataModule):
             order = EpochShuffleSampler(len(self.datasets["train"]), seed=self.split_seed)
         # each epoch's order and augmentation depend only on (seed, epoch): resumed runs repeat
         augmentation = self.datasets["train"].augmentation
-        return self._loader(
-            "train", sampler=EpochSeededSampler(order, self.split_seed, augmentation)
-        )
+        seeded = EpochSeededSampler(order, self.split_seed, augmentation)
+        return self._loader("train", sampler=seeded, generator=seeded.generator)
 
     def _evaluation_loader(self, name: str) -> DataLoader:
         """Under DDP each rank evaluates its own rows and every row is seen exactly once."""
