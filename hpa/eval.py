@@ -27,6 +27,7 @@ from rich.table import Table
 from hpa.artifacts import collected_test_frame, write_prediction_artifacts, write_test_artifacts
 from hpa.checkpoints import checkpoint_paths, run_dir_of
 from hpa.data.datamodule import HPADataModule
+from hpa.data.split import load_split
 from hpa.data.validate import write_skipped_images
 from hpa.errors import HPAInputError, exit_on_input_error
 from hpa.io import write_json
@@ -86,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     test_set = datamodule.datasets["test"]
     split_ids, split_assignment = datamodule.split_table  # every row, skipped images included
     for path in paths[1:]:
-        _check_same_test_split(path, run_dir, split_ids[split_assignment == "test"], cfg)
+        _check_same_test_split(path, run_dir, split_ids, split_assignment, cfg)
     write_skipped_images(output_dir, datamodule.skipped_images)
 
     trainer = pl.Trainer(**cfg.trainer, logger=False, enable_checkpointing=False)
@@ -126,16 +127,15 @@ class Member:
 
 
 def _check_same_test_split(
-    path: Path, first_run: Path, test_ids: np.ndarray, cfg: DictConfig
+    path: Path, first_run: Path, ids: np.ndarray, assignment: np.ndarray, cfg: DictConfig
 ) -> None:
     """Members of an ensemble must share the test split (k folds do: the test rows are held out
     before folding), else the ensemble would be scored on images some members trained on."""
     split_file = run_dir_of(path) / "split.csv"
     if cfg.get("split_file") or not split_file.is_file():
         return
-    split = pd.read_csv(split_file, dtype={"Id": str})
-    member_test_ids = set(split.loc[split["split"] == "test", "Id"])
-    if member_test_ids != set(test_ids):
+    member_assignment = load_split(split_file, ids)  # refuses a split of another csv
+    if not np.array_equal(member_assignment == "test", assignment == "test"):
         raise HPAInputError(
             f"{path} was trained with another test split than {first_run} ({split_file}): "
             "ensemble members must share their test split"
