@@ -80,13 +80,7 @@ def test_an_invalid_row_is_refused_with_its_line_number(rows, bad_target, data) 
     position = data.draw(st.integers(0, len(rows)))
     good = [(i, " ".join(map(str, ids))) for i, ids in rows]
     good.insert(position, ("bad-row-id", bad_target))
-    path = write_csv(good)
-    try:
-        with pytest.raises(HPAInputError) as error:
-            read_labels_csv(path)
-    finally:
-        path.unlink()
-    assert f"line {position + 2}" in str(error.value)  # the header is line 1
+    assert f"line {position + 2}" in refusal_of(good)  # the header is line 1
 
 
 @settings(max_examples=40, deadline=None)
@@ -100,10 +94,15 @@ def test_a_duplicate_id_is_refused_naming_both_lines(rows, data) -> None:
     first = data.draw(st.integers(0, len(rows) - 1))
     good = [(i, " ".join(map(str, ids))) for i, ids in rows]
     good.append((good[first][0], "0"))
-    path = write_csv(good)
+    assert f"lines {first + 2} and {len(good) + 1}" in refusal_of(good)
+
+
+def refusal_of(rows: list[tuple[str, str]]) -> str:
+    """The HPAInputError message read_labels_csv gives for a train.csv of ``rows``."""
+    path = write_csv(rows)
     try:
         with pytest.raises(HPAInputError) as error:
             read_labels_csv(path)
     finally:
         path.unlink()
-    assert f"lines {first + 2} and {len(good) + 1}" in str(error.value)
+    return str(error.value)
