@@ -26,17 +26,22 @@ def atomic_path(path: str | Path):
         yield Path(temporary)
         # mkstemp creates files readable by their owner only; give the artifact the mode any
         # other new file gets (0666 less the umask), so colleagues can read a shared run dir
-        os.chmod(temporary, 0o666 & ~_current_umask())
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
-def _current_umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once, at import: os.umask can only be read by setting it, and the umask is the process's,
+# so flipping it on every write would let a file another thread creates meanwhile get mode 0666.
+_UMASK = _read_umask()
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
