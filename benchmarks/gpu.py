@@ -44,12 +44,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from benchmarks.common import consume, print_table, time_it, train_config
-from hpa import builders
 from hpa.data import synthetic
 from hpa.data.datamodule import HPADataModule
 from hpa.data.epoch_seeding import epoch_seeding
 from hpa.io import write_json
 from hpa.labels import NUM_CLASSES
+from hpa.run import builders
 
 # (a)'s settings: label, channels_last, bf16 autocast, read the loss on the host every step
 MODEL_SETTINGS = (

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.common import print_table, synthetic_default_root, time_it, train_config
-from hpa import builders
+from hpa.run import builders
 
 TRAINER_OVERRIDES = (
     "trainer.max_epochs=1",

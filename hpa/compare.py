@@ -22,9 +22,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
 from hpa.io import write_atomic
 from hpa.labels import SEED_MINORITY_CLASSES
-from hpa.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
 
 log = logging.getLogger(__name__)
 

@@ -24,18 +24,22 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from hpa.artifacts import collected_test_frame, write_prediction_artifacts, write_test_artifacts
-from hpa.checkpoints import checkpoint_paths, run_dir_of
 from hpa.data.datamodule import HPADataModule
 from hpa.data.split import load_split
 from hpa.data.validate import write_skipped_images
 from hpa.errors import HPAInputError, exit_on_input_error
+from hpa.evaluation.metrics import TEST_F1_MACRO, score_predictions
+from hpa.evaluation.predictions import (
+    collected_test_frame,
+    write_prediction_artifacts,
+    write_test_artifacts,
+)
+from hpa.evaluation.thresholds import binarize
+from hpa.evaluation.tta import check_tta_options
 from hpa.io import write_json
 from hpa.labels import CLASS_NAMES, targets_to_matrix
-from hpa.metrics import TEST_F1_MACRO, score_predictions
-from hpa.models.module import HPAModule, load_module
-from hpa.thresholds import binarize
-from hpa.tta import check_tta_options
+from hpa.models.module import HPAModule
+from hpa.run.checkpoints import checkpoint_paths, load_module, run_dir_of
 
 log = logging.getLogger(__name__)
 

@@ -21,17 +21,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from hpa.checkpoints import checkpoint_paths, run_dir_of
 from hpa.data.cache import ensure_cache
 from hpa.data.dataset import RGBYDataset, collate_samples
 from hpa.data.reader import read_ids_csv
 from hpa.data.validate import SKIPPED_IMAGES_FILE, valid_ids
 from hpa.errors import HPAInputError, exit_on_input_error
+from hpa.evaluation.thresholds import binarize
+from hpa.evaluation.tta import check_tta_options
 from hpa.io import write_csv
 from hpa.labels import CHANNELS, CLASS_NAMES, format_target
-from hpa.models.module import HPAModule, load_module
-from hpa.thresholds import binarize
-from hpa.tta import check_tta_options
+from hpa.models.module import HPAModule
+from hpa.run.checkpoints import checkpoint_paths, load_module, run_dir_of
 
 log = logging.getLogger(__name__)
 

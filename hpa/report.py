@@ -36,13 +36,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from hpa import metrics
 from hpa.data.reader import read_labels_csv, read_sample
 from hpa.errors import HPAInputError, exit_on_input_error
+from hpa.evaluation import metrics
+from hpa.evaluation.thresholds import binarize, load_thresholds
 from hpa.io import write_atomic, write_bytes
 from hpa.labels import CLASS_NAMES, NUM_CLASSES, targets_to_matrix
-from hpa.thresholds import binarize, load_thresholds
-from hpa.visualize import class_names_of, rgby_composite
+from hpa.plots.rgby import class_names_of, rgby_composite
 
 log = logging.getLogger(__name__)
 

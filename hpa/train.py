@@ -20,24 +20,27 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from hpa import builders, metrics, report
-from hpa.artifacts import write_test_artifacts
+from hpa import report
 from hpa.data.datamodule import HPADataModule
 from hpa.data.epoch_seeding import epoch_seeding
 from hpa.data.validate import write_skipped_images
-from hpa.distributed import (
+from hpa.errors import exit_on_input_error
+from hpa.evaluation import metrics
+from hpa.evaluation.predictions import write_test_artifacts
+from hpa.evaluation.thresholds import save_thresholds, search_thresholds
+from hpa.integrations.wandb_logging import finish_wandb_runs
+from hpa.io import write_json
+from hpa.labels import NUM_CLASSES
+from hpa.models.module import HPAModule
+from hpa.run import builders
+from hpa.run.checkpoints import store_thresholds_in_checkpoint
+from hpa.run.distributed import (
     close_process_group,
     gather_in_dataset_order,
     relaunch_job_not_sweep,
 )
-from hpa.errors import exit_on_input_error
-from hpa.io import write_json
-from hpa.labels import NUM_CLASSES
-from hpa.models.module import HPAModule, store_thresholds_in_checkpoint
-from hpa.resume import continue_loggers, exit_on_non_finite_loss, prepare_resume
+from hpa.run.resume import continue_loggers, exit_on_non_finite_loss, prepare_resume
 from hpa.secrets import redact
-from hpa.thresholds import save_thresholds, search_thresholds
-from hpa.wandb_report import finish_wandb_runs
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from hpa.compare import (
     run_label,
     to_markdown,
 )
+from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
 from hpa.labels import SEED_MINORITY_CLASSES
-from hpa.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
 
 METRICS = (VAL_F1_MACRO, VAL_F1_SAMPLES, TEST_F1_MACRO, TEST_F1_SAMPLES)
 

@@ -15,8 +15,8 @@ from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 from torch.utils.data import DistributedSampler
 
 from hpa.data.sampler import DistributedOversamplingSampler, OversamplingSampler
-from hpa.distributed import evaluation_sampler
 from hpa.labels import CLASS_NAMES
+from hpa.run.distributed import evaluation_sampler
 
 # two DDP processes on the tiny set: oversampled training, full val and test splits
 DDP_SIM_RUN = (

@@ -13,10 +13,10 @@ import torch
 from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 
 from hpa.data.dataset import RGBYDataset
+from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, TEST_LOSS
+from hpa.evaluation.tta import predict_with_tta
 from hpa.labels import CLASS_NAMES
-from hpa.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, TEST_LOSS
-from hpa.models.module import load_module
-from hpa.tta import predict_with_tta
+from hpa.run.checkpoints import load_module
 
 
 @pytest.fixture(scope="module")

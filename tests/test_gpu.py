@@ -12,8 +12,8 @@ import torch
 from cli import SMALL_SYNTHETIC_SET, run_module
 
 from benchmarks.common import train_config
-from hpa import builders
-from hpa.metrics import TEST_F1_MACRO, VAL_F1_MACRO
+from hpa.evaluation.metrics import TEST_F1_MACRO, VAL_F1_MACRO
+from hpa.run import builders
 
 pytestmark = [
     pytest.mark.gpu,

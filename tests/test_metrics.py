@@ -5,9 +5,8 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-from hpa import metrics
-from hpa.labels import CLASS_NAMES, NUM_CLASSES
-from hpa.metrics import (
+from hpa.evaluation import metrics
+from hpa.evaluation.metrics import (
     MultilabelSampleF1,
     build_f1_metrics,
     build_per_class_f1,
@@ -15,6 +14,7 @@ from hpa.metrics import (
     per_class_f1_name,
     per_class_report,
 )
+from hpa.labels import CLASS_NAMES, NUM_CLASSES
 
 SEEDS = [0, 1, 2, 3]
 BATCH_SIZES = [7, 16, 1, 24, 16]  # uneven, to exercise accumulation across update() calls

@@ -15,7 +15,7 @@ from PIL import Image
 
 from hpa import report
 from hpa.errors import HPAInputError
-from hpa.metrics import TRAIN_LOSS, VAL_F1_MACRO, VAL_F1_SAMPLES, VAL_LOSS
+from hpa.evaluation.metrics import TRAIN_LOSS, VAL_F1_MACRO, VAL_F1_SAMPLES, VAL_LOSS
 
 EPOCHS = 2
 

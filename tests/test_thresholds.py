@@ -10,14 +10,14 @@ import pytest
 from sklearn.metrics import f1_score
 
 from hpa.errors import HPAInputError
-from hpa.labels import NUM_CLASSES
-from hpa.thresholds import (
+from hpa.evaluation.thresholds import (
     DEFAULT_CANDIDATES,
     binarize,
     load_thresholds,
     save_thresholds,
     search_thresholds,
 )
+from hpa.labels import NUM_CLASSES
 
 
 def _separable(rng: np.random.Generator, n: int = 400) -> tuple[np.ndarray, np.ndarray, list]:

@@ -11,9 +11,9 @@ import pandas as pd
 import torch
 from cli import SMALL_SYNTHETIC_SET, run_module
 
+from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
+from hpa.evaluation.thresholds import load_thresholds
 from hpa.labels import CLASS_NAMES
-from hpa.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
-from hpa.thresholds import load_thresholds
 
 
 def run_train(

@@ -7,8 +7,8 @@ import timm
 import torch
 from torch import nn
 
+from hpa.evaluation.tta import TTA_MODES, predict_with_tta, tta_transforms
 from hpa.labels import NUM_CLASSES
-from hpa.tta import TTA_MODES, predict_with_tta, tta_transforms
 
 
 class InvariantModel(nn.Module):

@@ -22,7 +22,7 @@ from hpa.data.synthetic import generate_dataset
 from hpa.data.validate import SKIPPED_IMAGES_FILE, checked_samples, find_problems
 from hpa.errors import HPAInputError
 from hpa.labels import CHANNELS
-from hpa.models.module import check_checkpoint
+from hpa.run.checkpoints import check_checkpoint
 
 IDS = [f"s{i}" for i in range(6)]
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from hpa.labels import NUM_CLASSES
-from hpa.visualize import class_names_of, rgby_composite
+from hpa.plots.rgby import class_names_of, rgby_composite
 
 
 def test_composite_keeps_rgb_and_shows_yellow_as_red_plus_green():

@@ -9,8 +9,8 @@ import pytest
 from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 from wandb_records import OfflineRun
 
+from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, per_class_f1_name
 from hpa.labels import CLASS_NAMES, NUM_CLASSES
-from hpa.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, per_class_f1_name
 
 
 def media_table(run_dir: Path, key: str) -> dict:

@@ -27,8 +27,8 @@ from hpa.data.sampler import (
 from hpa.data.split import kfold_split, load_split, save_split, train_val_test_split
 from hpa.data.transforms import build_augmentation
 from hpa.data.validate import checked_samples
-from hpa.distributed import evaluation_sampler, world_of
 from hpa.errors import HPAInputError
+from hpa.run.distributed import evaluation_sampler, world_of
 
 log = logging.getLogger(__name__)
 

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from hpa import metrics
-from hpa.distributed import all_gather_rows
-from hpa.errors import HPAInputError
-from hpa.io import atomic_path
+from hpa.evaluation import metrics
+from hpa.evaluation.tta import predict_with_tta
 from hpa.labels import NUM_CLASSES
 from hpa.models.backbones import create_backbone
-from hpa.tta import predict_with_tta
+from hpa.run.distributed import all_gather_rows
 
 log = logging.getLogger(__name__)
 
@@ -199,63 +196,3 @@ class HPAModule(pl.LightningModule):
 
 def _channel_tensor(values: Sequence[float]) -> torch.Tensor:
     return torch.tensor(list(values), dtype=torch.float32).view(1, -1, 1, 1)
-
-
-def store_thresholds_in_checkpoint(checkpoint_path: str | Path, thresholds) -> None:
-    """Write tuned per-class thresholds into a saved checkpoint (atomically)."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    checkpoint["state_dict"]["class_thresholds"] = torch.as_tensor(thresholds, dtype=torch.float32)
-    with atomic_path(checkpoint_path) as temporary:
-        torch.save(checkpoint, temporary)
-
-
-def check_checkpoint(checkpoint_path: str | Path) -> dict:
-    """The checkpoint at ``checkpoint_path`` (loaded on the CPU); HPAInputError unless it is a
-    checkpoint of an HPAModule.
-
-    Loads with ``weights_only=True``: tensors and plain containers only, no pickled code.
-    """
-    checkpoint_path = Path(checkpoint_path)
-    if not checkpoint_path.is_file():
-        raise HPAInputError(f"checkpoint {checkpoint_path} does not exist")
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise HPAInputError(
-            f"{checkpoint_path} is not a readable PyTorch checkpoint "
-            f"(or holds more than tensors and plain data): {reason}"
-        ) from None
-    hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if (
-        not isinstance(hyper_parameters, dict)
-        or "name" not in hyper_parameters
-        or "state_dict" not in checkpoint
-        or "channel_mean" not in checkpoint["state_dict"]
-    ):
-        raise HPAInputError(
-            f"{checkpoint_path} is not a checkpoint of this project "
-            "(no hpa model hyper-parameters or channel statistics in it)"
-        )
-    return checkpoint
-
-
-def load_module(checkpoint_path: str | Path) -> HPAModule:
-    """Load a trained module for evaluation or prediction, on the CPU.
-
-    The file is checked first (``check_checkpoint``) and loaded with ``weights_only=True``. The
-    backbone is built without fetching pretrained weights: the checkpoint holds them all.
-    """
-    check_checkpoint(checkpoint_path)
-    try:
-        return HPAModule.load_from_checkpoint(
-            checkpoint_path,
-            map_location="cpu",
-            weights_only=True,
-            pretrained=False,
-            pretrained_path=None,
-        )
-    except (RuntimeError, KeyError, TypeError, ValueError) as error:
-        raise HPAInputError(
-            f"{checkpoint_path} does not fit this project's model: {str(error).splitlines()[0]}"
-        ) from None

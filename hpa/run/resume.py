@@ -27,7 +27,7 @@ from omegaconf import DictConfig, open_dict
 from pytorch_lightning.loggers import CSVLogger, Logger
 
 from hpa.errors import HPAInputError
-from hpa.models.module import check_checkpoint
+from hpa.run.checkpoints import check_checkpoint
 
 log = logging.getLogger(__name__)
 

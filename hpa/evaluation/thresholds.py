@@ -2,7 +2,7 @@
 
 The Kaggle score is the macro F1, so each class's threshold can be tuned on its own: the one that
 maximises that class's F1 on the validation probabilities. A class is predicted when its
-probability is strictly above its threshold, as in ``hpa.metrics``.
+probability is strictly above its threshold, as in ``hpa.evaluation.metrics``.
 """
 
 from __future__ import annotations

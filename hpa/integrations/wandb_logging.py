@@ -23,9 +23,9 @@ from lightning_fabric.utilities.rank_zero import rank_zero_only
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
 
-from hpa import metrics
+from hpa.evaluation import metrics
 from hpa.labels import CLASS_NAMES, NUM_CLASSES
-from hpa.visualize import class_names_of, rgby_composite
+from hpa.plots.rgby import class_names_of, rgby_composite
 
 log = logging.getLogger(__name__)
 

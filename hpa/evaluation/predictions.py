@@ -9,9 +9,9 @@ import pandas as pd
 import torch
 
 from hpa.data.dataset import RGBYDataset
+from hpa.evaluation.metrics import per_class_report
 from hpa.io import write_csv
 from hpa.labels import CLASS_NAMES, format_target, targets_to_matrix
-from hpa.metrics import per_class_report
 from hpa.models.module import HPAModule
 
 

@@ -1,0 +1,102 @@
+"""Finding trained checkpoints and the run directories they belong to."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from omegaconf import ListConfig
+
+from hpa.errors import HPAInputError
+from hpa.io import atomic_path
+from hpa.models.module import HPAModule
+
+BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
+
+
+def checkpoint_paths(ckpt_path: str | Path | Sequence[str | Path]) -> list[Path]:
+    """A checkpoint, a list of them, or a folder holding ``**/checkpoints/best.ckpt`` (a run or a
+    multirun of k-fold runs), as a list of checkpoint files."""
+    if isinstance(ckpt_path, ListConfig):
+        ckpt_path = list(ckpt_path)
+    given = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
+    if not given:
+        raise HPAInputError("ckpt_path is empty: give a checkpoint, a list of them or a folder")
+    paths: list[Path] = []
+    for entry in map(Path, given):
+        if entry.is_dir():
+            found = sorted(entry.glob(f"**/{BEST_CHECKPOINT}"))
+            if not found:
+                raise HPAInputError(f"no {BEST_CHECKPOINT} under {entry}")
+            paths.extend(found)
+        elif entry.is_file():
+            paths.append(entry)
+        else:
+            raise HPAInputError(f"checkpoint {entry} does not exist")
+    return paths
+
+
+def run_dir_of(checkpoint_path: str | Path) -> Path:
+    """``RUN/checkpoints/best.ckpt`` -> ``RUN``."""
+    return Path(checkpoint_path).resolve().parent.parent
+
+
+def store_thresholds_in_checkpoint(checkpoint_path: str | Path, thresholds) -> None:
+    """Write tuned per-class thresholds into a saved checkpoint (atomically)."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"]["class_thresholds"] = torch.as_tensor(thresholds, dtype=torch.float32)
+    with atomic_path(checkpoint_path) as temporary:
+        torch.save(checkpoint, temporary)
+
+
+def check_checkpoint(checkpoint_path: str | Path) -> dict:
+    """The checkpoint at ``checkpoint_path`` (loaded on the CPU); HPAInputError unless it is a
+    checkpoint of an HPAModule.
+
+    Loads with ``weights_only=True``: tensors and plain containers only, no pickled code.
+    """
+    checkpoint_path = Path(checkpoint_path)
+    if not checkpoint_path.is_file():
+        raise HPAInputError(f"checkpoint {checkpoint_path} does not exist")
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise HPAInputError(
+            f"{checkpoint_path} is not a readable PyTorch checkpoint "
+            f"(or holds more than tensors and plain data): {reason}"
+        ) from None
+    hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if (
+        not isinstance(hyper_parameters, dict)
+        or "name" not in hyper_parameters
+        or "state_dict" not in checkpoint
+        or "channel_mean" not in checkpoint["state_dict"]
+    ):
+        raise HPAInputError(
+            f"{checkpoint_path} is not a checkpoint of this project "
+            "(no hpa model hyper-parameters or channel statistics in it)"
+        )
+    return checkpoint
+
+
+def load_module(checkpoint_path: str | Path) -> HPAModule:
+    """Load a trained module for evaluation or prediction, on the CPU.
+
+    The file is checked first (``check_checkpoint``) and loaded with ``weights_only=True``. The
+    backbone is built without fetching pretrained weights: the checkpoint holds them all.
+    """
+    check_checkpoint(checkpoint_path)
+    try:
+        return HPAModule.load_from_checkpoint(
+            checkpoint_path,
+            map_location="cpu",
+            weights_only=True,
+            pretrained=False,
+            pretrained_path=None,
+        )
+    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+        raise HPAInputError(
+            f"{checkpoint_path} does not fit this project's model: {str(error).splitlines()[0]}"
+        ) from None
