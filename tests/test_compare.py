@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 
-from hpa.compare import (
+from hpa.compare import main
+from hpa.evaluation.comparison import (
     COLUMNS,
     MINORITY_RECALL,
     compare_runs,
     find_runs,
     load_run,
-    main,
     run_label,
     to_markdown,
 )
@@ -146,14 +146,14 @@ def test_unfinished_run_is_skipped_with_a_warning(
     unfinished = folder / "unfinished"
     shutil.copytree(sweep / "1" / ".hydra", unfinished / ".hydra")
 
-    with caplog.at_level(logging.WARNING, logger="hpa.compare"):
+    with caplog.at_level(logging.WARNING, logger="hpa.evaluation.comparison"):
         frame = compare_runs([folder])
     assert list(frame["path"]) == [str((folder / "finished").resolve())]
     assert any(
         "unfinished" in r.getMessage() and str(unfinished) in r.getMessage() for r in caplog.records
     )
 
-    with caplog.at_level(logging.WARNING, logger="hpa.compare"):
+    with caplog.at_level(logging.WARNING, logger="hpa.evaluation.comparison"):
         assert main([str(unfinished)]) == 2
 
 
@@ -161,12 +161,12 @@ def test_missing_path_and_empty_folder_exit_2(
     sweep: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     missing = tmp_path / "nope"
-    with caplog.at_level(logging.ERROR, logger="hpa.compare"):
+    with caplog.at_level(logging.ERROR, logger="hpa.evaluation.comparison"):
         assert main([str(sweep), str(missing)]) == 2
     assert any(str(missing) in r.getMessage() for r in caplog.records)
 
     caplog.clear()
-    with caplog.at_level(logging.ERROR, logger="hpa.compare"):
+    with caplog.at_level(logging.ERROR, logger="hpa.evaluation.comparison"):
         assert main([str(tmp_path)]) == 2
     assert any("no finished runs" in r.getMessage() for r in caplog.records)
 
@@ -186,8 +186,8 @@ def test_label_uses_experiment_and_drops_paths():
     label = run_label({"task_name": "train"}, overrides)
     assert label == "seed_cnn_baseline data=hpa optimizer.lr=0.01"
     assert run_label({"task_name": "train"}, []) == "train"
-    hydra_cfg = {"hydra": {"runtime": {"choices": {"experiment": "winners_densenet121"}}}}
-    assert run_label({"task_name": "train"}, ["seed=1"], hydra_cfg) == "winners_densenet121 seed=1"
+    choices = {"experiment": "winners_densenet121"}
+    assert run_label({"task_name": "train"}, ["seed=1"], choices) == "winners_densenet121 seed=1"
 
 
 def test_cli_subprocess(sweep: Path, tmp_path: Path):

@@ -15,7 +15,10 @@ from PIL import Image
 
 from hpa import report
 from hpa.errors import HPAInputError
+from hpa.evaluation import run_report
 from hpa.evaluation.metrics import TRAIN_LOSS, VAL_F1_MACRO, VAL_F1_SAMPLES, VAL_LOSS
+from hpa.plots import figures
+from hpa.run.run_dir import RunDir
 
 EPOCHS = 2
 
@@ -48,15 +51,15 @@ def check_figure(path: Path, name: str) -> None:
     assert path.is_file() and path.stat().st_size > 0, path
     with Image.open(path) as image:
         assert image.format == "PNG"
-        assert image.size == report.figure_pixel_size(name)
+        assert image.size == figures.figure_pixel_size(name)
 
 
 def test_training_draws_every_figure_and_the_markdown(trained_run: Path):
-    report_dir = trained_run / report.REPORT_DIR
-    for name in report.FIGURES:
+    report_dir = trained_run / RunDir.REPORT_DIR
+    for name in run_report.FIGURE_TITLES:
         check_figure(report_dir / f"{name}.png", name)
-    markdown = (report_dir / report.REPORT_FILE).read_text()
-    for name, (title, _) in report.FIGURES.items():
+    markdown = (report_dir / run_report.REPORT_FILE).read_text()
+    for name, title in run_report.FIGURE_TITLES.items():
         assert f"![{title}]({name}.png)" in markdown
     assert "Not drawn" not in markdown
     for metric, value in json.loads((trained_run / "metrics.json").read_text()).items():
@@ -64,14 +67,14 @@ def test_training_draws_every_figure_and_the_markdown(trained_run: Path):
 
 
 def test_cli_redraws_the_report_of_a_run(run_copy: Path):
-    assert not (run_copy / report.REPORT_DIR).exists()
+    assert not (run_copy / RunDir.REPORT_DIR).exists()
     assert report.main([str(run_copy)]) == 0
-    for name in report.FIGURES:
-        check_figure(run_copy / report.REPORT_DIR / f"{name}.png", name)
+    for name in run_report.FIGURE_TITLES:
+        check_figure(run_copy / RunDir.REPORT_DIR / f"{name}.png", name)
 
 
 def test_curves_hold_one_point_per_fitted_epoch(trained_run: Path):
-    per_epoch = report.epoch_metrics(report.find_metrics_csv(trained_run))
+    per_epoch = run_report.epoch_metrics(RunDir(trained_run).metrics_csv())
     assert list(per_epoch.index) == list(range(EPOCHS))
     assert list(per_epoch.columns) == [TRAIN_LOSS, VAL_LOSS, VAL_F1_MACRO, VAL_F1_SAMPLES]
     assert per_epoch.notna().all().all()
@@ -81,7 +84,7 @@ def test_curves_hold_one_point_per_fitted_epoch(trained_run: Path):
 
 
 def test_data_root_is_read_from_the_run_config(trained_run: Path):
-    root = report.run_data_root(trained_run)
+    root = run_report.run_data_root(trained_run)
     assert root == trained_run.parent / "data" / "synthetic-n120-s64-seed0"
     assert (root / "train.csv").is_file()
 
@@ -92,16 +95,16 @@ def test_missing_artifacts_skip_their_figures_with_a_message(
     shutil.rmtree(run_copy / "csv")
     (run_copy / "test_predictions.csv").unlink()
     with caplog.at_level(logging.WARNING, logger="hpa.report"):
-        figures = report.write_report(run_copy)
+        figures = run_report.write_report(run_copy)
 
     assert set(figures) == {"per_class_f1", "label_distribution"}
     for name, path in figures.items():
         check_figure(path, name)
     for name in ("training_curves", "precision_recall", "test_images"):
-        assert not (run_copy / report.REPORT_DIR / f"{name}.png").exists()
+        assert not (run_copy / RunDir.REPORT_DIR / f"{name}.png").exists()
     assert "without the CSV logger" in caplog.text
     assert "test_predictions.csv not found" in caplog.text
-    markdown = (run_copy / report.REPORT_DIR / report.REPORT_FILE).read_text()
+    markdown = (run_copy / RunDir.REPORT_DIR / run_report.REPORT_FILE).read_text()
     assert "## Not drawn" in markdown
     assert "(`training_curves.png`): no metrics.csv" in markdown
     assert "(`precision_recall.png`): test_predictions.csv not found" in markdown
@@ -111,7 +114,7 @@ def test_a_moved_data_root_counts_the_test_split_only(
     run_copy: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     with caplog.at_level(logging.WARNING, logger="hpa.report"):
-        figures = report.write_report(run_copy, data_root=tmp_path / "moved")
+        figures = run_report.write_report(run_copy, data_root=tmp_path / "moved")
     assert "label_distribution" in figures and "test_images" not in figures
     assert "counting the test split only" in caplog.text
     assert "image directory" in caplog.text
@@ -120,7 +123,7 @@ def test_a_moved_data_root_counts_the_test_split_only(
 def test_a_run_without_metrics_is_refused(run_copy: Path):
     (run_copy / "metrics.json").unlink()
     with pytest.raises(HPAInputError, match="metrics.json not found"):
-        report.write_report(run_copy)
+        run_report.write_report(run_copy)
     with pytest.raises(SystemExit) as exit_info:
         report.main([str(run_copy)])
     assert exit_info.value.code == 2
@@ -129,14 +132,16 @@ def test_a_run_without_metrics_is_refused(run_copy: Path):
 def test_figures_go_to_an_offline_wandb_run(trained_run: Path, tmp_path: Path):
     from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-    figures = {name: trained_run / report.REPORT_DIR / f"{name}.png" for name in report.FIGURES}
+    figures = {
+        name: trained_run / RunDir.REPORT_DIR / f"{name}.png" for name in run_report.FIGURE_TITLES
+    }
     wandb_logger = WandbLogger(project="hpa-test", save_dir=str(tmp_path), offline=True)
     csv_logger = CSVLogger(str(tmp_path / "csv"))
     try:
-        report.log_to_wandb([csv_logger, wandb_logger], figures)
+        run_report.log_to_wandb([csv_logger, wandb_logger], figures)
         run_dir = Path(wandb_logger.experiment.dir).parent
     finally:
         wandb_logger.experiment.finish()
     media = sorted((run_dir / "files" / "media" / "images" / "report").glob("*.png"))
-    assert {path.name.rsplit("_", 2)[0] for path in media} == set(report.FIGURES)
+    assert {path.name.rsplit("_", 2)[0] for path in media} == set(run_report.FIGURE_TITLES)
     assert all(np.asarray(Image.open(path)).size > 0 for path in media)

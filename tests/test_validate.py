@@ -19,10 +19,11 @@ from PIL import Image
 
 from hpa.data.datamodule import HPADataModule
 from hpa.data.synthetic import generate_dataset
-from hpa.data.validate import SKIPPED_IMAGES_FILE, checked_samples, find_problems
+from hpa.data.validate import checked_samples, find_problems
 from hpa.errors import HPAInputError
 from hpa.labels import CHANNELS
 from hpa.run.checkpoints import check_checkpoint
+from hpa.run.run_dir import RunDir
 
 IDS = [f"s{i}" for i in range(6)]
 
@@ -237,7 +238,7 @@ def test_on_bad_image_skip_trains_and_writes_the_skipped_ids(
     result = _train(root, tmp_path, "data.on_bad_image=skip", "debug=fast", "model=cnn")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipping 2 of 120 sample(s)" in result.stdout + result.stderr
-    skipped = pd.read_csv(tmp_path / "run" / SKIPPED_IMAGES_FILE)
+    skipped = pd.read_csv(tmp_path / "run" / RunDir.SKIPPED_IMAGES)
     assert skipped["Id"].tolist() == ids[:2]
     assert "empty" in skipped["problem"][0] and skipped["problem"][1] == "missing"
 

@@ -27,14 +27,12 @@ from PIL import Image, UnidentifiedImageError
 
 from hpa.data.reader import IMAGE_EXTENSIONS, channel_file_name, read_channel
 from hpa.errors import HPAInputError
-from hpa.io import write_csv
 from hpa.labels import CHANNELS
 
 log = logging.getLogger(__name__)
 
 VALIDATION_MODES = ("fast", "full", "none")
 BAD_IMAGE_POLICIES = ("error", "skip")
-SKIPPED_IMAGES_FILE = "skipped_images.csv"
 
 _MAX_LISTED = 5
 _PNG_END = b"IEND\xaeB`\x82"
@@ -144,12 +142,6 @@ def checked_samples(
     return keep, table
 
 
-def write_skipped_images(output_dir: str | Path, skipped: pd.DataFrame | None) -> None:
-    """``skipped_images.csv`` (Id, file, problem) in ``output_dir`` when samples were skipped."""
-    if skipped is not None and len(skipped):
-        write_csv(Path(output_dir) / SKIPPED_IMAGES_FILE, skipped)
-
-
 def _summary(problems: Sequence[Problem], num_samples: int) -> str:
     num_bad = len({problem.sample_id for problem in problems})
     missing = [p.file for p in problems if p.problem == "missing"]
@@ -209,15 +201,3 @@ def _without_path(message: str, path: Path) -> str:
 def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise HPAInputError(f"{key}={value!r}: expected one of {', '.join(choices)}")
-
-
-def valid_ids(
-    image_dir: str | Path, ids: Sequence[str], data_cfg, output_dir: str | Path
-) -> np.ndarray:
-    """``ids`` whose channel files pass validation (``data_cfg.validate``/``.on_bad_image``);
-    the skipped ones are written to ``output_dir/skipped_images.csv``."""
-    keep, skipped = checked_samples(
-        image_dir, ids, data_cfg.get("validate", "fast"), data_cfg.get("on_bad_image", "error")
-    )
-    write_skipped_images(output_dir, skipped)
-    return np.asarray(ids)[keep]

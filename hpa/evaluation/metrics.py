@@ -19,7 +19,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MultilabelF1Score
 from torchmetrics.utilities.compute import normalize_logits_if_needed
 
-from hpa.labels import CLASS_NAMES, NUM_CLASSES, metric_slug
+from hpa.labels import CLASS_NAMES, NUM_CLASSES, SEED_MINORITY_CLASSES, metric_slug
 
 TRAIN = "train"
 VAL = "val"
@@ -48,6 +48,29 @@ VAL_F1_SAMPLES = metric_name(VAL, F1_SAMPLES)
 TEST_LOSS = metric_name(TEST, LOSS)
 TEST_F1_MACRO = metric_name(TEST, F1_MACRO)
 TEST_F1_SAMPLES = metric_name(TEST, F1_SAMPLES)
+TEST_RECALL_MINORITY = metric_name(TEST, "recall_minority")
+"""Mean test recall of the seed report's seven minority classes (``labels.SEED_MINORITY_CLASSES``),
+from a run's per-class report: what oversampling and tuned thresholds are meant to raise."""
+
+HEADLINE: tuple[str, ...] = (VAL_F1_MACRO, VAL_F1_SAMPLES, TEST_F1_MACRO, TEST_F1_SAMPLES)
+"""The metrics a run is summed up by: its log summary, report, comparison table and eval print."""
+
+
+def at_threshold(name: str, threshold: float) -> str:
+    """A metric computed at one fixed threshold for every class, beside the same metric at the
+    per-class thresholds: ("test/f1_macro", 0.5) -> "test/f1_macro@0.5"."""
+    return f"{name}@{threshold:g}"
+
+
+def is_loss(name: str) -> bool:
+    """Losses are minimised; every other metric here is maximised."""
+    return name.rsplit("/", 1)[-1].startswith(LOSS)
+
+
+def metric_mode(name: str) -> str:
+    """ "min" for a loss, "max" otherwise: the ``mode`` of a checkpoint, early-stopping or
+    plateau-scheduler callback that watches ``name``."""
+    return "min" if is_loss(name) else "max"
 
 
 class MultilabelSampleF1(Metric):
@@ -143,6 +166,52 @@ def build_per_class_f1(num_classes: int = NUM_CLASSES, threshold: float = 0.5) -
     )
 
 
+class StageScores(torch.nn.Module):
+    """Every score of an evaluated split (test, by default), from probabilities, the 0/1
+    decisions made from them and the targets:
+
+    - ``{stage}/f1_macro``, ``{stage}/f1_samples`` of the decisions (at the per-class thresholds);
+    - the same of the probabilities at one fixed threshold, ``{stage}/f1_macro@0.5``...;
+    - each class's F1 of the decisions, ``{stage}/f1_class/<id>_<name>``.
+
+    The module's test step updates it batch by batch (and logs the two F1 collections, which
+    Lightning computes and syncs across processes); ``score_predictions`` feeds it whole arrays.
+    """
+
+    def __init__(
+        self, num_classes: int = NUM_CLASSES, fixed_threshold: float = 0.5, stage: str = TEST
+    ) -> None:
+        super().__init__()
+        self.stage = stage
+        self.decided = build_f1_metrics(num_classes).clone(prefix=f"{stage}/")
+        self.at_fixed = build_f1_metrics(num_classes, fixed_threshold).clone(
+            prefix=f"{stage}/", postfix=at_threshold("", fixed_threshold)
+        )
+        self.per_class = build_per_class_f1(num_classes)
+
+    def update(
+        self, probabilities: torch.Tensor, decisions: torch.Tensor, targets: torch.Tensor
+    ) -> None:
+        targets = targets.int()
+        self.decided.update(decisions, targets)
+        self.at_fixed.update(probabilities, targets)
+        self.per_class.update(decisions, targets)
+
+    def compute_per_class(self) -> dict[str, torch.Tensor]:
+        """Each class's F1 by metric name (and reset): log these at the end of the epoch."""
+        values = self.per_class.compute()
+        self.per_class.reset()
+        return {per_class_f1_name(self.stage, i): value for i, value in enumerate(values)}
+
+    def compute(self) -> dict[str, float]:
+        """All scores as plain floats (and reset)."""
+        scores = {**self.decided.compute(), **self.at_fixed.compute()}
+        self.decided.reset()
+        self.at_fixed.reset()
+        scores.update(self.compute_per_class())
+        return {name: float(value) for name, value in scores.items()}
+
+
 def score_predictions(
     probabilities: np.ndarray,
     decisions: np.ndarray,
@@ -150,22 +219,14 @@ def score_predictions(
     fixed_threshold: float = 0.5,
     stage: str = TEST,
 ) -> dict[str, float]:
-    """The F1 metrics a test run logs, from whole (N, 28) arrays: macro and sample F1 of the 0/1
-    ``decisions`` (e.g. at tuned thresholds), the same of ``probabilities`` at
-    ``fixed_threshold`` (named ``...@0.5``) and each class's F1 of the decisions."""
-    decisions_t = torch.as_tensor(np.asarray(decisions), dtype=torch.float32)
-    probabilities_t = torch.as_tensor(np.asarray(probabilities), dtype=torch.float32)
-    targets_t = torch.as_tensor(np.asarray(targets)).int()
-    num_classes = targets_t.shape[1]
-    tuned = build_f1_metrics(num_classes).clone(prefix=f"{stage}/")
-    fixed = build_f1_metrics(num_classes, fixed_threshold).clone(
-        prefix=f"{stage}/", postfix=f"@{fixed_threshold:g}"
+    """The scores a test run logs (``StageScores``), from whole (N, 28) arrays."""
+    scores = StageScores(np.asarray(targets).shape[1], fixed_threshold, stage)
+    scores.update(
+        torch.as_tensor(np.asarray(probabilities), dtype=torch.float32),
+        torch.as_tensor(np.asarray(decisions), dtype=torch.float32),
+        torch.as_tensor(np.asarray(targets)),
     )
-    scores = {**tuned(decisions_t, targets_t), **fixed(probabilities_t, targets_t)}
-    per_class = build_per_class_f1(num_classes)(decisions_t, targets_t)
-    for class_id, value in enumerate(per_class):
-        scores[per_class_f1_name(stage, class_id)] = value
-    return {name: float(value) for name, value in scores.items()}
+    return scores.compute()
 
 
 def per_class_report(targets: np.ndarray, predictions: np.ndarray) -> pd.DataFrame:
@@ -200,3 +261,10 @@ def per_class_report(targets: np.ndarray, predictions: np.ndarray) -> pd.DataFra
             "support": support,
         }
     )
+
+
+def minority_recall(per_class: pd.DataFrame) -> float:
+    """``TEST_RECALL_MINORITY`` of a per-class report (``per_class_report``): the mean recall of
+    the seed report's seven minority classes."""
+    rows = per_class["class_id"].isin(SEED_MINORITY_CLASSES)
+    return float(per_class.loc[rows, "recall"].mean())

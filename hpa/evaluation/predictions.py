@@ -1,18 +1,17 @@
-"""Run-directory artifacts shared by the entry points: test predictions and per-class reports."""
+"""Test predictions as tables: the frame of ``test_predictions.csv`` and the per-class report,
+written into a run directory."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-import torch
 
 from hpa.data.dataset import RGBYDataset
 from hpa.evaluation.metrics import per_class_report
-from hpa.io import write_csv
+from hpa.evaluation.thresholds import binarize
 from hpa.labels import CLASS_NAMES, format_target, targets_to_matrix
 from hpa.models.module import HPAModule
+from hpa.run.run_dir import RunDir
 
 
 def prediction_frame(
@@ -25,6 +24,16 @@ def prediction_frame(
     return frame
 
 
+def frame_probabilities(predictions: pd.DataFrame) -> np.ndarray:
+    """The (N, 28) probabilities of a prediction frame."""
+    return predictions[list(CLASS_NAMES)].to_numpy()
+
+
+def frame_targets(predictions: pd.DataFrame) -> np.ndarray:
+    """The (N, 28) 0/1 targets of a prediction frame."""
+    return targets_to_matrix(predictions["Target"])
+
+
 def collected_test_frame(model: HPAModule, dataset: RGBYDataset) -> pd.DataFrame:
     """The prediction frame of the images the model saw in its last test run, in dataset order."""
     rows, probabilities = model.collected_test_predictions()
@@ -34,21 +43,25 @@ def collected_test_frame(model: HPAModule, dataset: RGBYDataset) -> pd.DataFrame
 
 
 def write_prediction_artifacts(
-    output_dir: Path, predictions: pd.DataFrame, decisions: np.ndarray
+    run_dir: RunDir, predictions: pd.DataFrame, decisions: np.ndarray
 ) -> pd.DataFrame:
-    """Write ``test_predictions.csv`` and the per-class report of the 0/1 ``decisions``,
-    ``test_per_class.csv``; return the report."""
-    write_csv(output_dir / "test_predictions.csv", predictions)
-    report = per_class_report(targets_to_matrix(predictions["Target"]), decisions)
-    write_csv(output_dir / "test_per_class.csv", report)
+    """Write the test predictions and the per-class report of the 0/1 ``decisions``; return the
+    report."""
+    run_dir.write_test_predictions(predictions)
+    report = per_class_report(frame_targets(predictions), decisions)
+    run_dir.write_test_per_class(report)
     return report
 
 
 def write_test_artifacts(
-    output_dir: Path, model: HPAModule, dataset: RGBYDataset
+    run_dir: RunDir, model: HPAModule, dataset: RGBYDataset
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write ``test_predictions.csv`` and ``test_per_class.csv``; return both tables."""
+    """Write the test predictions of the model's last test run and their per-class report; return
+    both tables."""
     predictions = collected_test_frame(model, dataset)
-    probabilities = predictions[list(CLASS_NAMES)].to_numpy()
-    decisions = model.decide(torch.from_numpy(probabilities)).numpy().astype(np.uint8)
-    return predictions, write_prediction_artifacts(output_dir, predictions, decisions)
+    decisions = binarize(
+        frame_probabilities(predictions),
+        model.class_thresholds.cpu().numpy(),
+        model.hparams.ensure_one_label,
+    )
+    return predictions, write_prediction_artifacts(run_dir, predictions, decisions)

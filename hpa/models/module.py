@@ -11,7 +11,8 @@ import torch
 from hydra.utils import instantiate
 
 from hpa.evaluation import metrics
-from hpa.evaluation.tta import predict_with_tta
+from hpa.evaluation.thresholds import binarize
+from hpa.evaluation.tta import check_tta_options, predict_with_tta
 from hpa.labels import NUM_CLASSES
 from hpa.models.backbones import create_backbone
 from hpa.run.distributed import all_gather_rows
@@ -31,6 +32,10 @@ class HPAModule(pl.LightningModule):
 
     ``loss``, ``optimizer`` and ``scheduler`` are plain Hydra config mappings (``_target_`` ...),
     kept as hyper-parameters so that ``load_from_checkpoint`` rebuilds the module unaided.
+    ``monitor`` is the metric a ReduceLROnPlateau scheduler watches (the run's
+    ``optimized_metric``). ``tta``/``tta_reduce`` choose the test-time augmentation of the test and
+    predict steps (``hpa.evaluation.tta``; evaluation and prediction pass them when they load a
+    checkpoint, training validates and tunes thresholds without).
     """
 
     def __init__(
@@ -49,8 +54,12 @@ class HPAModule(pl.LightningModule):
         channel_mean: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
         channel_std: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
         num_classes: int = NUM_CLASSES,
+        monitor: str = metrics.VAL_F1_MACRO,
+        tta: str = "none",
+        tta_reduce: str = "mean",
     ) -> None:
         super().__init__()
+        check_tta_options(tta, tta_reduce)
         self.save_hyperparameters()
         self.backbone = create_backbone(
             name,
@@ -69,17 +78,10 @@ class HPAModule(pl.LightningModule):
         # tuned on the validation split (thresholds="tuned"), then saved in the checkpoint.
         self.register_buffer("class_thresholds", torch.full((num_classes,), float(threshold)))
 
-        self.val_metrics = metrics.build_f1_metrics(num_classes, threshold).clone(prefix="val/")
-        self.test_metrics = metrics.build_f1_metrics(num_classes).clone(prefix="test/")
-        # the same metrics at the fixed threshold, to show what tuning changed
-        self.test_metrics_fixed = metrics.build_f1_metrics(num_classes, threshold).clone(
-            prefix="test/", postfix=f"@{threshold:g}"
+        self.val_metrics = metrics.build_f1_metrics(num_classes, threshold).clone(
+            prefix=f"{metrics.VAL}/"
         )
-        self.test_per_class_f1 = metrics.build_per_class_f1(num_classes)
-        # Test-time augmentation of test_step and predict_step (set by eval and predict; training
-        # validates and tunes thresholds without it).
-        self.tta = "none"
-        self.tta_reduce = "mean"
+        self.test_scores = metrics.StageScores(num_classes, fixed_threshold=threshold)
         # test outputs gathered for test_predictions.csv: dataset row -> probabilities
         self.test_indices: list[torch.Tensor] = []
         self.test_probabilities: list[torch.Tensor] = []
@@ -99,21 +101,23 @@ class HPAModule(pl.LightningModule):
     ) -> torch.Tensor:
         """Class probabilities of a batch, reduced over the ``tta`` transforms of the images.
         ``logits`` of the untransformed batch, when already computed, are reused."""
-        if self.tta == "none":
+        if self.hparams.tta == "none":
             return torch.sigmoid(self(images) if logits is None else logits)
         return predict_with_tta(
-            lambda batch: torch.sigmoid(self(batch)), images, self.tta, self.tta_reduce
+            lambda batch: torch.sigmoid(self(batch)),
+            images,
+            self.hparams.tta,
+            self.hparams.tta_reduce,
         )
 
     def decide(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """0/1 predictions at the per-class thresholds; with ``ensure_one_label`` an image with no
-        class above its threshold gets its most probable class (every HPA image has one)."""
-        predictions = (probabilities > self.class_thresholds).float()
-        if self.hparams.ensure_one_label:
-            empty = predictions.sum(dim=1) == 0
-            top = torch.nn.functional.one_hot(probabilities.argmax(dim=1), predictions.shape[1])
-            predictions[empty] = top[empty].float()
-        return predictions
+        """0/1 predictions at the per-class thresholds (``hpa.evaluation.thresholds.binarize``)."""
+        decisions = binarize(
+            probabilities.detach().float().cpu().numpy(),
+            self.class_thresholds.cpu().numpy(),
+            self.hparams.ensure_one_label,
+        )
+        return torch.from_numpy(decisions).to(probabilities.device, torch.float32)
 
     def set_class_thresholds(self, thresholds) -> None:
         self.class_thresholds.copy_(torch.as_tensor(thresholds, dtype=torch.float32))
@@ -144,22 +148,15 @@ class HPAModule(pl.LightningModule):
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         loss, logits = self._shared_step(batch)  # the loss is that of the untransformed images
         probabilities = self.probabilities(batch["image"], logits)
-        targets = batch["target"].int()
-        predictions = self.decide(probabilities)
-        self.test_metrics.update(predictions, targets)
-        self.test_metrics_fixed.update(probabilities, targets)
-        self.test_per_class_f1.update(predictions, targets)
+        self.test_scores.update(probabilities, self.decide(probabilities), batch["target"])
         self.log(metrics.TEST_LOSS, loss, on_epoch=True, sync_dist=True)
-        self.log_dict(self.test_metrics, on_epoch=True)
-        self.log_dict(self.test_metrics_fixed, on_epoch=True)
+        self.log_dict(self.test_scores.decided, on_epoch=True)
+        self.log_dict(self.test_scores.at_fixed, on_epoch=True)
         self.test_indices.append(batch["index"].detach().cpu())
         self.test_probabilities.append(probabilities.detach().float().cpu())
 
     def on_test_epoch_end(self) -> None:
-        per_class_f1 = self.test_per_class_f1.compute()
-        self.test_per_class_f1.reset()
-        for class_id, value in enumerate(per_class_f1):
-            self.log(metrics.per_class_f1_name("test", class_id), value)
+        self.log_dict(self.test_scores.compute_per_class())
         if self.trainer.world_size > 1:  # every rank gets the rows of all ranks
             self.test_indices = all_gather_rows(self.trainer.strategy, torch.cat(self.test_indices))
             self.test_probabilities = all_gather_rows(
@@ -189,7 +186,7 @@ class HPAModule(pl.LightningModule):
             "lr_scheduler": {
                 "scheduler": scheduler,
                 "interval": "epoch",
-                "monitor": metrics.VAL_F1_MACRO,  # read by ReduceLROnPlateau only
+                "monitor": self.hparams.monitor,  # read by ReduceLROnPlateau only
             },
         }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
 from hpa.data.datamodule import HPADataModule
+from hpa.evaluation.metrics import VAL_F1_MACRO
 from hpa.models.module import HPAModule
 from hpa.secrets import redact
 
@@ -45,6 +47,7 @@ def build_module(cfg: DictConfig, datamodule: HPADataModule) -> HPAModule:
         scheduler=_plain(cfg.get("scheduler")),
         channel_mean=datamodule.channel_mean.tolist(),
         channel_std=datamodule.channel_std.tolist(),
+        monitor=cfg.get("optimized_metric", VAL_F1_MACRO),
         _recursive_=False,
         _convert_="all",
     )
@@ -66,9 +69,33 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 
 def build_trainer(
-    cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Logger]
+    cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Logger], **overrides
 ) -> pl.Trainer:
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    """The Trainer of the ``trainer`` group (``trainer=gpu``, ``trainer.precision=...``), with
+    ``overrides`` of its arguments (evaluation and prediction save no checkpoints)."""
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+
+
+def build_evaluation_datamodule(
+    data_cfg: DictConfig, model: HPAModule, split_file: str | Path, **overrides
+) -> HPADataModule:
+    """The datamodule a checkpoint is evaluated on: ``data_cfg`` (the training run's data config
+    or another), the split in ``split_file``, no oversampling and no augmentation, and the
+    model's own channel statistics (nothing to compute). ``overrides`` (``batch_size``...) that
+    are not None replace the config's values."""
+    data_cfg = OmegaConf.merge(
+        data_cfg,
+        {
+            "split_file": str(split_file),
+            "oversample": False,
+            "normalize": {
+                "mean": model.channel_mean.flatten().tolist(),
+                "std": model.channel_std.flatten().tolist(),
+            },
+        },
+        {key: value for key, value in overrides.items() if value is not None},
+    )
+    return instantiate(data_cfg, augment=None, _recursive_=False, _convert_="all")
 
 
 def log_config(loggers: list[Logger], cfg: DictConfig) -> None:

@@ -1,4 +1,5 @@
-"""Finding trained checkpoints and the run directories they belong to."""
+"""Trained checkpoints: finding them (a file, a list, a folder of runs), checking and loading them,
+and writing tuned thresholds into them."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from omegaconf import ListConfig
 from hpa.errors import HPAInputError
 from hpa.io import atomic_path
 from hpa.models.module import HPAModule
-
-BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
+from hpa.run.run_dir import RunDir
 
 
 def checkpoint_paths(ckpt_path: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -26,20 +26,15 @@ def checkpoint_paths(ckpt_path: str | Path | Sequence[str | Path]) -> list[Path]
     paths: list[Path] = []
     for entry in map(Path, given):
         if entry.is_dir():
-            found = sorted(entry.glob(f"**/{BEST_CHECKPOINT}"))
+            found = sorted(entry.glob(f"**/{RunDir.BEST_CHECKPOINT}"))
             if not found:
-                raise HPAInputError(f"no {BEST_CHECKPOINT} under {entry}")
+                raise HPAInputError(f"no {RunDir.BEST_CHECKPOINT} under {entry}")
             paths.extend(found)
         elif entry.is_file():
             paths.append(entry)
         else:
             raise HPAInputError(f"checkpoint {entry} does not exist")
     return paths
-
-
-def run_dir_of(checkpoint_path: str | Path) -> Path:
-    """``RUN/checkpoints/best.ckpt`` -> ``RUN``."""
-    return Path(checkpoint_path).resolve().parent.parent
 
 
 def store_thresholds_in_checkpoint(checkpoint_path: str | Path, thresholds) -> None:
@@ -81,8 +76,11 @@ def check_checkpoint(checkpoint_path: str | Path) -> dict:
     return checkpoint
 
 
-def load_module(checkpoint_path: str | Path) -> HPAModule:
-    """Load a trained module for evaluation or prediction, on the CPU.
+def load_module(
+    checkpoint_path: str | Path, tta: str = "none", tta_reduce: str = "mean"
+) -> HPAModule:
+    """Load a trained module for evaluation or prediction, on the CPU, with the test-time
+    augmentation ``tta``/``tta_reduce`` (``hpa.evaluation.tta``).
 
     The file is checked first (``check_checkpoint``) and loaded with ``weights_only=True``. The
     backbone is built without fetching pretrained weights: the checkpoint holds them all.
@@ -95,6 +93,8 @@ def load_module(checkpoint_path: str | Path) -> HPAModule:
             weights_only=True,
             pretrained=False,
             pretrained_path=None,
+            tta=tta,
+            tta_reduce=tta_reduce,
         )
     except (RuntimeError, KeyError, TypeError, ValueError) as error:
         raise HPAInputError(

@@ -15,23 +15,19 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.loggers import CSVLogger, Logger
 
 from hpa.errors import HPAInputError
 from hpa.run.checkpoints import check_checkpoint
+from hpa.run.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 _IGNORED_OVERRIDES = ("ckpt_path", "resume", "hydra.")
 
 
@@ -43,7 +39,7 @@ def prepare_resume(cfg: DictConfig) -> dict | None:
     run_dir = _run_to_resume(cfg)
     if run_dir is None:
         return None
-    checkpoint_path = run_dir / LAST_CHECKPOINT
+    checkpoint_path = RunDir(run_dir).last_checkpoint
     if not checkpoint_path.is_file():
         raise HPAInputError(f"cannot resume {run_dir}: {checkpoint_path} does not exist")
     checkpoint = check_checkpoint(checkpoint_path)
@@ -111,17 +107,17 @@ def latest_run_of_same_config(output_dir: Path, overrides: list[str]) -> Path:
     """The run directory beside ``output_dir`` with the same overrides and the newest last.ckpt."""
     wanted = _config_key(overrides)
     candidates = []
-    for run_dir in output_dir.parent.iterdir():
-        overrides_file = run_dir / ".hydra" / "overrides.yaml"
-        checkpoint = run_dir / LAST_CHECKPOINT
-        if run_dir == output_dir or not overrides_file.is_file() or not checkpoint.is_file():
+    for path in output_dir.parent.iterdir():
+        run_dir = RunDir(path)
+        checkpoint = run_dir.last_checkpoint
+        if path == output_dir or not run_dir.has(RunDir.OVERRIDES) or not checkpoint.is_file():
             continue
-        if _config_key(yaml.safe_load(overrides_file.read_text()) or []) == wanted:
-            candidates.append((checkpoint.stat().st_mtime, run_dir))
+        if _config_key(run_dir.overrides()) == wanted:
+            candidates.append((checkpoint.stat().st_mtime, path))
     if not candidates:
         raise HPAInputError(
             f"ckpt_path=last: no run under {output_dir.parent} with the same overrides "
-            f"({' '.join(sorted(wanted)) or 'none'}) has a {LAST_CHECKPOINT}"
+            f"({' '.join(sorted(wanted)) or 'none'}) has a {RunDir.LAST_CHECKPOINT}"
         )
     return max(candidates)[1]
 
@@ -149,26 +145,3 @@ def _stored_wandb_id(run_dir: Path) -> str | None:
     runs = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda path: path.stat().st_mtime)
     runs = [path for path in runs if path.is_dir()]
     return runs[-1].name.rsplit("-", 1)[-1] if runs else None
-
-
-@contextmanager
-def exit_on_non_finite_loss(cfg: DictConfig) -> Iterator[None]:
-    """A NaN or infinite training loss (HPAModule raises FloatingPointError): one message naming
-    the last good checkpoint, exit code 3."""
-    try:
-        yield
-    except FloatingPointError as error:
-        last = Path(cfg.paths.output_dir) / LAST_CHECKPOINT
-        kept = (
-            f"the last good checkpoint is {last}; after changing the config, continue from it "
-            f"with resume={last.parent.parent}"
-            if last.is_file()
-            else "no checkpoint was saved before it"
-        )
-        log.error(
-            "training stopped: %s (diverged: a learning rate too high?); %s",
-            error,
-            kept,
-            exc_info=os.environ.get("HYDRA_FULL_ERROR") == "1",
-        )
-        raise SystemExit(3) from None
