@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 
 from hpa.data.synthetic import (
+    COMPARTMENTS,
     MANIFEST_NAME,
+    MOTIF_COMPARTMENTS,
+    MOTIFS,
     ensure_dataset,
     generate_dataset,
     is_complete,
     render_sample,
+    render_sample_with_compartments,
     sample_labels,
 )
 from hpa.errors import HPAInputError
@@ -223,6 +227,54 @@ def test_render_sample_rejects_a_bad_label_row_or_size() -> None:
         render_sample(np.ones(5, np.uint8), 128, np.random.default_rng(0))
     with pytest.raises(ValueError, match="image size"):
         render_sample(one_hot(0), 8, np.random.default_rng(0))
+
+
+def test_motif_table_covers_every_class_name_exactly_once() -> None:
+    assert sorted(MOTIFS) == sorted(CLASS_NAMES)
+    assert len(set(MOTIFS.values())) == NUM_CLASSES  # no motif serves two classes
+    assert sorted(MOTIF_COMPARTMENTS) == sorted(CLASS_NAMES)
+    assert set(MOTIF_COMPARTMENTS.values()) <= set(COMPARTMENTS)
+
+
+# -- compartments --------------------------------------------------------------------------------
+
+
+def test_compartments_come_with_the_very_pixels_of_render_sample() -> None:
+    labels = sample_labels(1, np.random.default_rng(0))[0]
+    for size in (48, 128):
+        image, masks = render_sample_with_compartments(labels, size, np.random.default_rng(7))
+        assert np.array_equal(image, render_sample(labels, size, np.random.default_rng(7)))
+        assert list(masks) == list(COMPARTMENTS)
+        for name, mask in masks.items():
+            assert mask.dtype == bool and mask.shape == image.shape[1:], name
+            assert mask.any(), name
+        nucleus, cytoplasm, cell = masks["nucleus"], masks["cytoplasm"], masks["cell"]
+        assert not (nucleus & cytoplasm).any()
+        assert np.array_equal(nucleus | cytoplasm, cell)
+        assert not (masks["nucleoli"] & ~nucleus).any()
+        assert not (masks["cell_membrane"] & ~cell).any()
+
+
+def test_nucleus_mask_covers_the_bright_blue_pixels() -> None:
+    for seed in range(4):
+        image, masks = render_sample_with_compartments(
+            np.ones(NUM_CLASSES, np.uint8), 128, np.random.default_rng(seed)
+        )
+        blue = image[2]
+        bright = blue > 0.5 * np.percentile(blue, 99)
+        assert np.count_nonzero(bright & masks["nucleus"]) > 0.95 * np.count_nonzero(bright)
+        assert blue[masks["nucleus"]].mean() > 4 * blue[~masks["nucleus"]].mean()
+
+
+def test_each_class_green_is_densest_in_the_compartment_of_its_motif() -> None:
+    for class_id, class_name in enumerate(CLASS_NAMES):
+        image, masks = render_sample_with_compartments(
+            one_hot(class_id), 128, np.random.default_rng(class_id)
+        )
+        green = image[1].astype(np.float64)
+        excess = np.clip(green - np.median(green), 0.0, None)
+        inside = masks[MOTIF_COMPARTMENTS[class_name]]
+        assert excess[inside].mean() > 2 * excess[~inside].mean(), class_name
 
 
 # -- completeness and safety ---------------------------------------------------------------------
