@@ -93,3 +93,14 @@ def test_same_config_and_seed_give_the_same_split_and_metrics(tmp_path: Path):
     assert json.loads((first / "metrics.json").read_text()) == json.loads(
         (second / "metrics.json").read_text()
     )
+
+
+def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path: Path):
+    # lr=0: the validation metric never improves after epoch 0, so best.ckpt stays at epoch 0;
+    # last.ckpt, which a resume starts from, must still be the final epoch's
+    run_train(tmp_path, "debug=fast", "model=cnn", "trainer.max_epochs=2", "optimizer.lr=0.0")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    best = torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == 0
+    assert last["epoch"] == 1

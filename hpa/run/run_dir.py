@@ -256,18 +256,28 @@ class RunDir:
         write_csv(self.path / self.PROBABILITIES, probabilities)
 
 
-def checkpoint_callback(run_dir: str | Path, **kwargs) -> pl.callbacks.ModelCheckpoint:
-    """Lightning's ModelCheckpoint writing ``RUN/checkpoints/best.ckpt`` (the best by
-    ``monitor``, overwritten when it improves) and ``RUN/checkpoints/last.ckpt`` (every epoch, to
-    resume from). Other ModelCheckpoint arguments (``monitor``, ``mode``...) pass through."""
-    callback = pl.callbacks.ModelCheckpoint(
+def best_checkpoint_callback(run_dir: str | Path, **kwargs) -> pl.callbacks.ModelCheckpoint:
+    """Lightning's ModelCheckpoint keeping ``RUN/checkpoints/best.ckpt``: the best by ``monitor``
+    (with ``mode``), overwritten when it improves. Other ModelCheckpoint arguments pass
+    through."""
+    return pl.callbacks.ModelCheckpoint(
         dirpath=RunDir(run_dir).checkpoint_dir,
         filename=BEST_CHECKPOINT_STEM,
-        save_last=True,
         save_top_k=1,
         auto_insert_metric_name=False,
         enable_version_counter=False,
         **kwargs,
     )
-    callback.CHECKPOINT_NAME_LAST = LAST_CHECKPOINT_STEM
-    return callback
+
+
+def last_checkpoint_callback(run_dir: str | Path) -> pl.callbacks.ModelCheckpoint:
+    """Lightning's ModelCheckpoint writing ``RUN/checkpoints/last.ckpt`` after every epoch, to
+    resume from. A callback of its own: Lightning 2.6 writes a monitoring callback's
+    ``save_last`` file only at epochs where the monitored metric improved."""
+    return pl.callbacks.ModelCheckpoint(
+        dirpath=RunDir(run_dir).checkpoint_dir,
+        filename=LAST_CHECKPOINT_STEM,
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
