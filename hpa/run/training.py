@@ -19,6 +19,7 @@ from hpa.evaluation.thresholds import search_thresholds
 from hpa.integrations.wandb_logging import finish_wandb_runs
 from hpa.labels import NUM_CLASSES
 from hpa.models.module import HPAModule
+from hpa.models.pretrained import ensure_pretrained_weights
 from hpa.run import builders
 from hpa.run.checkpoints import store_thresholds_in_checkpoint
 from hpa.run.distributed import (
@@ -36,6 +37,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job described by ``cfg``; returns its final metrics."""
     resumed_position = prepare_resume(cfg)  # resume=RUN_DIR, ckpt_path=last: continue that run
     run_dir = RunDir(cfg.paths.output_dir)
+    # offline nodes: no pretrained weights to be had stops the run before any work
+    ensure_pretrained_weights(
+        cfg.model.name, cfg.model.get("pretrained", False), cfg.model.get("pretrained_path")
+    )
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
