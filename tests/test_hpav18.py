@@ -278,36 +278,55 @@ def test_cli_refuses_bad_input_with_exit_status_2(tmp_path: Path) -> None:
     assert f"{csv}, line 3" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_killed_run_leaves_nothing_half_written_and_resumes(
-    server: ScriptedServer, tmp_path: Path
-) -> None:
-    labels = {f"{100 + index}_A{index}_1": str(index % 28) for index in range(30)}
-    csv = write_csv(tmp_path / "hpav18.csv", labels)
-    out = tmp_path / "out"
+def fetch_command(server: ScriptedServer, csv: Path, out: Path) -> list[str]:
     command = [sys.executable, "-m", "hpa.data.hpav18", "--csv", str(csv), "--out", str(out)]
-    command += ["--base-url", server.url, *[f"--{k}={v}" for k, v in FAST.items()]]
+    return [*command, "--base-url", server.url, *[f"--{k}={v}" for k, v in FAST.items()]]
+
+
+def interrupted_run(server: ScriptedServer, command: list[str], out: Path, sig: int) -> int:
+    """Run ``command``, send it ``sig`` once 20 PNGs have landed; its exit status."""
     server.delay = 0.05  # 120 requests on 2 workers: several seconds
     run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while len(pngs(out)) < 20 and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    run.send_signal(signal.SIGKILL)
+    run.send_signal(sig)
     run.communicate(timeout=30)
-    assert run.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    server.delay = 0.0
+    assert len(pngs(out)) < 120, "the run ended before the signal"
+    return run.returncode
 
+
+LABELS_30 = {f"{100 + index}_A{index}_1": str(index % 28) for index in range(30)}
+
+
+def test_a_killed_run_leaves_nothing_half_written_and_resumes(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    command = fetch_command(server, write_csv(tmp_path / "hpav18.csv", LABELS_30), out)
+    assert interrupted_run(server, command, out, signal.SIGKILL) == -signal.SIGKILL
     landed = pngs(out)
-    assert 20 <= len(landed) < 120
+    assert len(landed) >= 20
     for png in landed:  # written atomically: every PNG there is whole
         assert cv2.imread(str(png), cv2.IMREAD_UNCHANGED).shape == (SIZE, SIZE)
     assert not (out / LABELS_FILE).exists()
     stale = out / IMAGE_DIR / ".x_red.png.abc123.tmp"  # as a write cut by the kill leaves it
     stale.write_bytes(b"half")
 
-    server.delay = 0.0
     server.requests.clear()
     resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sum(server.requests.values()) == 120 - len(landed)  # only what was missing
-    assert pd.read_csv(out / LABELS_FILE, dtype=str)["Id"].tolist() == list(labels)
+    assert pd.read_csv(out / LABELS_FILE, dtype=str)["Id"].tolist() == list(LABELS_30)
     assert_nothing_half_written(out)
     assert "HPAv18: " in resumed.stderr and "sample" in resumed.stderr  # the progress bar
+
+
+def test_ctrl_c_lists_the_ids_complete_so_far(server: ScriptedServer, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = fetch_command(server, write_csv(tmp_path / "hpav18.csv", LABELS_30), out)
+    assert interrupted_run(server, command, out, signal.SIGINT) == 130
+    listed = pd.read_csv(out / LABELS_FILE, dtype=str)["Id"].tolist()
+    assert 5 <= len(listed) < 30
+    assert_nothing_half_written(out)

@@ -309,11 +309,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=defaults.timeout, help="per request, s")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(levelname)s] %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     settings = FetchSettings(
         args.base_url, args.size, args.workers, args.retries, args.backoff, args.timeout
     )
     with exit_on_input_error():
-        failures = fetch_hpav18(args.csv, args.out, settings)
+        try:
+            failures = fetch_hpav18(args.csv, args.out, settings)
+        except KeyboardInterrupt:
+            log.error("HPAv18: interrupted; %s lists the ids complete so far", LABELS_FILE)
+            return 130
     return 1 if failures else 0
 
 

@@ -149,8 +149,8 @@ def stain_plane(image: np.ndarray, color: str | None, source: str | Path) -> np.
     ``source``) unless its signal is in those planes: each of the stain's planes must be at
     least STAIN_DOMINANCE times brighter, on average, than every other colour plane (and for
     yellow, R and G within that factor of each other).
-    JPEG's colour noise in the other planes stays far below that (at quality 75 under 0.3 of
-    the stain's mean on the dimmest real green stain); a file tinted in another stain's colour
+    JPEG's colour noise in the other planes stays below that (at quality 75, at most a third of
+    the stain's mean, on the dimmest real green stain); a file tinted in another stain's colour
     is far above it. An image black in every plane (mean below BLANK_LEVEL of full scale) is
     accepted. Any alpha plane is ignored. Never a luminance conversion: that would keep only
     11% of a blue stain's signal and 30% of a red one's.
