@@ -5,12 +5,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 from cli import REPO, SMALL_SYNTHETIC_SET, run_module
 
-from hpa.labels import CLASS_NAMES, parse_target
+from hpa.data.reader import tint
+from hpa.labels import CHANNELS, CLASS_NAMES, parse_target
 
 SHARED = REPO.parent / "shared" / "data" / "hpa2018"
 
@@ -114,3 +116,22 @@ def test_a_skipped_bad_image_keeps_its_row_with_no_class(trained, tmp_path: Path
     assert bad_id not in set(probabilities["Id"]) and len(probabilities) == len(template) - 1
     assert pd.read_csv(output / "skipped_images.csv")["Id"].tolist() == [bad_id]
     assert "empty Predicted" in result.stdout + result.stderr
+
+
+def test_predicts_a_folder_of_hpas_tinted_jpgs(trained, real_channels_dir: Path, tmp_path: Path):
+    """HPA's files as downloaded: one RGB jpg per stain, tinted in its colour, 2048 or 1728 px."""
+    checkpoint, _ = trained
+    image_dir = tmp_path / "data" / "test"
+    image_dir.mkdir(parents=True)
+    ids = ["10580_1610_C1_1", "10580_1610_C1_2", "1060_F3_3"]
+    for index, (sample_id, side) in enumerate(zip(ids, (2048, 1728, 512), strict=True)):
+        for color in CHANNELS:
+            source = sorted(real_channels_dir.glob(f"*_{color}.png"))[index]
+            stain = cv2.resize(cv2.imread(str(source), 0), (side, side))
+            assert cv2.imwrite(str(image_dir / f"{sample_id}_{color}.jpg"), tint(stain, color))
+    result = predict(checkpoint, tmp_path / "data", tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    submission, probabilities = read_output(tmp_path / "out")
+    assert list(submission["Id"]) == sorted(ids)
+    assert all(parse_target(value).sum() >= 1 for value in submission["Predicted"])
+    assert probabilities[list(CLASS_NAMES)].notna().all().all()

@@ -18,6 +18,7 @@ from cli import SMALL_SYNTHETIC_SET, run_module
 from PIL import Image
 
 from hpa.data.datamodule import HPADataModule
+from hpa.data.reader import read_channel, read_sample, tint
 from hpa.data.synthetic import generate_dataset
 from hpa.data.validate import checked_samples, find_problems
 from hpa.errors import HPAInputError
@@ -128,6 +129,27 @@ def test_colour_image_accepted_when_unambiguous_else_refused(image_dir: Path, mo
     write_png(image_dir / "s1_green.png", np.dstack([plane, 255 - plane, plane // 2]))
     problem = _only_problem(image_dir, mode)
     assert problem.file.endswith("s1_green.png") and "colour" in problem.problem
+
+
+@pytest.mark.parametrize("mode", ["fast", "full"])
+def test_tinted_jpgs_pass_and_a_wrong_tint_is_refused_as_the_reader_does(
+    image_dir: Path, mode: str
+) -> None:
+    smooth = cv2.GaussianBlur(
+        np.random.default_rng(3).integers(0, 256, (32, 32), np.uint8), (5, 5), 1
+    )
+    for color in CHANNELS:  # s0 as HPA publishes it: one tinted jpg per stain
+        (image_dir / f"s0_{color}.png").unlink()
+        assert cv2.imwrite(str(image_dir / f"s0_{color}.jpg"), tint(smooth, color))
+    assert find_problems(image_dir, IDS, mode) == []
+    assert read_sample(image_dir, "s0").shape == (4, 32, 32)
+    wrong = image_dir / "s0_blue.jpg"
+    assert cv2.imwrite(str(wrong), tint(smooth, "yellow"))  # the yellow stain as the blue file
+    problem = _only_problem(image_dir, mode)
+    assert problem.file == str(wrong) and "not in the blue stain" in problem.problem
+    with pytest.raises(HPAInputError) as error:
+        read_channel(wrong, color="blue")
+    assert problem.problem in str(error.value)
 
 
 def test_sixteen_bit_png_passes(image_dir: Path) -> None:

@@ -3,9 +3,9 @@
 ``fast`` (the default) checks that each channel file exists and is not empty, reads its image
 header (PIL opens lazily: size and mode without decoding the pixels), checks the file's end for
 truncation (PNG's IEND chunk, JPEG's end-of-image marker, TIFF strips inside the file) and
-compares the sizes of a sample's four channels. Colour files are decoded to decide whether a
-grayscale plane can be taken from them unambiguously (as the reader does). ``full`` decodes every
-file with the reader itself.
+compares the sizes of a sample's four channels. Colour files (such as HPA's tinted jpgs) are
+decoded by the reader itself, with their stain, to check that the stain's signal is in its own
+colour plane(s) (``hpa.data.reader.stain_plane``). ``full`` decodes every file with the reader.
 
 ``on_bad_image=error`` stops with one message listing the first few problems and their count;
 ``skip`` drops the bad samples with a warning, and the caller writes them to
@@ -46,8 +46,10 @@ class Problem(NamedTuple):
     problem: str
 
 
-def check_channel_file(path: Path, full: bool = False) -> tuple[tuple[int, int] | None, str | None]:
-    """(width, height) of a channel file, or None and the problem with it."""
+def check_channel_file(
+    path: Path, color: str, full: bool = False
+) -> tuple[tuple[int, int] | None, str | None]:
+    """(width, height) of the channel file of stain ``color``, or None and the problem with it."""
     try:
         file_size = path.stat().st_size
     except OSError as error:
@@ -56,7 +58,7 @@ def check_channel_file(path: Path, full: bool = False) -> tuple[tuple[int, int] 
         return None, "the file is empty"
     if full:
         try:
-            height, width = read_channel(path).shape
+            height, width = read_channel(path, color=color).shape
         except HPAInputError as error:
             return None, _without_path(str(error), path)
         return (width, height), None
@@ -71,9 +73,9 @@ def check_channel_file(path: Path, full: bool = False) -> tuple[tuple[int, int] 
     if truncated:
         return None, f"truncated {image_format} file (its end marker is missing)"
     if mode not in _GRAYSCALE_MODES:
-        # colour files are rare: decode them to tell a usable one from an ambiguous one
+        # decode colour files to check that the stain's signal is in its own plane(s)
         try:
-            read_channel(path)
+            read_channel(path, color=color)
         except HPAInputError as error:
             return None, _without_path(str(error), path)
     return size, None
@@ -91,10 +93,15 @@ def find_problems(image_dir: str | Path, ids: Sequence[str], mode: str = "fast")
     paths: list[list[Path | None]] = []
     for sample_id in ids:
         paths.append([_present_file(image_dir, present, sample_id, color) for color in CHANNELS])
-    existing = [path for sample_paths in paths for path in sample_paths if path is not None]
+    existing = [
+        (path, color)
+        for sample_paths in paths
+        for path, color in zip(sample_paths, CHANNELS, strict=True)
+        if path is not None
+    ]
     with ThreadPoolExecutor(max_workers=8) as pool:  # I/O bound, e.g. on network storage
-        checked = pool.map(lambda path: check_channel_file(path, mode == "full"), existing)
-        results = dict(zip(existing, checked, strict=True))
+        checked = pool.map(lambda item: check_channel_file(*item, mode == "full"), existing)
+        results = dict(zip((path for path, _ in existing), checked, strict=True))
     problems = []
     for sample_id, sample_paths in zip(ids, paths, strict=True):
         sizes = {}
@@ -170,11 +177,20 @@ def _present_file(image_dir: Path, present: set[str], sample_id: str, color: str
     return None
 
 
+def missing_end_marker(image_format: str, tail: bytes) -> bool:
+    """Whether ``tail``, the last 64 bytes (or more) of a PNG or JPEG file, lacks the format's
+    end marker: the file was cut short. Trailing zero bytes (padding) are allowed."""
+    tail = tail[-64:].rstrip(b"\x00")
+    if image_format == "PNG":
+        return not tail.endswith(_PNG_END)
+    if image_format == "JPEG":
+        return _JPEG_END not in tail
+    raise ValueError(f"no end marker known for {image_format!r} (PNG or JPEG)")
+
+
 def _truncated(path: Path, image: Image.Image, file_size: int) -> bool:
-    if image.format == "PNG":
-        return _tail(path, 32).rstrip(b"\x00").endswith(_PNG_END) is False
-    if image.format == "JPEG":
-        return _JPEG_END not in _tail(path, 64).rstrip(b"\x00")
+    if image.format in ("PNG", "JPEG"):
+        return missing_end_marker(image.format, _tail(path, 64))
     if image.format == "TIFF":
         tags = image.tag_v2
         offsets = tags.get(273) or tags.get(324) or ()

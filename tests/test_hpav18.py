@@ -1,0 +1,332 @@
+"""`python -m hpa.data.hpav18` against a real HTTP server on 127.0.0.1 serving tinted jpgs.
+
+The server follows a script per URL path (503s, dropped connections, cut-off bodies, slow answers,
+404s) and then answers normally; retries wait milliseconds (``backoff``), so every request loop is
+bounded by ``retries`` and each wait by ``timeout``.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from cli import REPO
+
+from hpa.data.hpav18 import (
+    FAILED_FILE,
+    IMAGE_DIR,
+    LABELS_FILE,
+    FetchSettings,
+    fetch_hpav18,
+    image_url,
+    main,
+)
+from hpa.data.reader import read_labels_csv, tint
+from hpa.errors import HPAInputError
+from hpa.labels import CHANNELS
+
+SOURCE_SIDE = 128
+SIZE = 64
+SLOW_SECONDS = 1.0  # a "slow" answer waits this long: past the client's timeout below
+FAST = {"size": SIZE, "workers": 2, "retries": 3, "backoff": 0.01, "timeout": 0.5}
+
+
+def stain_of(path: str) -> np.ndarray:
+    """The synthetic grayscale stain served at ``path`` (smooth, different for every path)."""
+    rng = np.random.default_rng(zlib.crc32(path.encode()))
+    noise = rng.integers(0, 256, (SOURCE_SIDE, SOURCE_SIDE)).astype(np.uint8)
+    return cv2.GaussianBlur(noise, (9, 9), 3)
+
+
+def tinted_jpg(path: str, color: str | None = None) -> bytes:
+    color = color or path.rsplit("_", 1)[1].removesuffix(".jpg")
+    ok, encoded = cv2.imencode(".jpg", tint(stain_of(path), color), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return encoded.tobytes()
+
+
+class ScriptedServer(ThreadingHTTPServer):
+    """Serves ``tinted_jpg(path)`` for every GET; ``script[path]`` holds actions taken first, one
+    per request: 503, 404, drop (headers, half the body, then the connection closes), reset (the
+    connection closes before any answer), short (half the body, its length declared), slow (an
+    answer after SLOW_SECONDS), or a bytes body to serve instead."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), ScriptedHandler)
+        self.script: dict[str, deque] = defaultdict(deque)
+        self.requests: Counter[str] = Counter()
+        self.connections: set[tuple[str, int]] = set()
+        self.delay = 0.0
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/images"
+
+    def next_action(self, path: str, client: tuple[str, int]) -> object:
+        with self.lock:
+            self.requests[path] += 1
+            self.connections.add(client)
+            return self.script[path].popleft() if self.script[path] else "ok"
+
+
+class ScriptedHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the client reuses its connections
+    server: ScriptedServer
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        action = self.server.next_action(self.path, self.client_address)
+        time.sleep(self.server.delay)
+        if action == "reset":
+            self.close_connection = True
+            return
+        if action in ("503", "404"):
+            self._answer(int(action), b"no")
+            return
+        if action == "slow":
+            time.sleep(SLOW_SECONDS)
+        body = action if isinstance(action, bytes) else tinted_jpg(self.path)
+        if action == "drop":
+            self._answer(200, body[: len(body) // 2], declared_length=len(body))
+            self.close_connection = True
+        elif action == "short":
+            self._answer(200, body[: len(body) // 2])
+        else:
+            self._answer(200, body)
+
+    def _answer(self, status: int, body: bytes, declared_length: int | None = None) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(declared_length or len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout)
+            self.close_connection = True
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    server = ScriptedServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def write_csv(path: Path, rows: dict[str, str]) -> Path:
+    pd.DataFrame({"Id": list(rows), "Target": list(rows.values())}).to_csv(path, index=False)
+    return path
+
+
+def path_of(sample_id: str, color: str) -> str:
+    return image_url("/images", sample_id, color)
+
+
+def settings(server: ScriptedServer, **changes) -> FetchSettings:
+    return FetchSettings(base_url=server.url, **{**FAST, **changes})
+
+
+def pngs(out: Path) -> list[Path]:
+    return sorted((out / IMAGE_DIR).glob("*.png"))
+
+
+def assert_nothing_half_written(out: Path) -> None:
+    """No temporary file; every PNG decodes; train.csv lists exactly the ids with four PNGs."""
+    leftovers = [p for p in out.rglob("*") if p.is_file() and p.suffix not in (".png", ".csv")]
+    assert leftovers == []
+    for png in pngs(out):
+        image = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
+        assert image is not None and image.shape == (SIZE, SIZE) and image.dtype == np.uint8
+    channels_of = Counter(png.stem.rsplit("_", 1)[0] for png in pngs(out))
+    complete = {sample_id for sample_id, count in channels_of.items() if count == 4}
+    listed = pd.read_csv(out / LABELS_FILE, dtype=str)["Id"].tolist()
+    assert sorted(listed) == sorted(complete)
+
+
+LABELS = {"10580_1610_C1_1": "13 25 0", "10580_1610_C1_2": "0", "1060_F3_3": "27 5"}
+
+
+def test_fetches_into_the_kaggle_layout_over_reused_connections(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    csv = write_csv(tmp_path / "hpav18.csv", LABELS)
+    assert fetch_hpav18(csv, tmp_path / "out", settings(server), progress=False) == []
+    assert set(server.requests) == {path_of(i, c) for i in LABELS for c in CHANNELS}
+    assert "/images/10580/1610_C1_1_yellow.jpg" in server.requests
+    assert len(server.connections) <= FAST["workers"]  # 12 requests over at most 2 connections
+    ids, labels = read_labels_csv(tmp_path / "out" / LABELS_FILE)
+    assert ids.tolist() == list(LABELS)
+    assert [" ".join(map(str, np.flatnonzero(row))) for row in labels] == ["0 13 25", "0", "5 27"]
+    for sample_id in LABELS:
+        for color in CHANNELS:
+            png = tmp_path / "out" / IMAGE_DIR / f"{sample_id}_{color}.png"
+            stain = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
+            expected = cv2.resize(
+                stain_of(path_of(sample_id, color)), (SIZE, SIZE), interpolation=cv2.INTER_AREA
+            )
+            assert stain.shape == (SIZE, SIZE) and stain.dtype == np.uint8
+            assert np.abs(stain.astype(int) - expected).mean() < 2, png
+    assert not (tmp_path / "out" / FAILED_FILE).exists()
+    assert_nothing_half_written(tmp_path / "out")
+
+
+def test_transient_failures_are_retried(server: ScriptedServer, tmp_path: Path) -> None:
+    first, second, third = LABELS
+    scripted = {
+        path_of(first, "red"): ["503", "503", "ok"],
+        path_of(first, "green"): ["drop", "ok"],
+        path_of(second, "blue"): ["short", "ok"],
+        path_of(second, "yellow"): ["slow", "ok"],
+        path_of(third, "red"): ["reset", "503", "ok"],
+    }
+    for path, actions in scripted.items():
+        server.script[path].extend(actions)
+    csv = write_csv(tmp_path / "hpav18.csv", LABELS)
+    assert fetch_hpav18(csv, tmp_path / "out", settings(server), progress=False) == []
+    for path, actions in scripted.items():
+        assert server.requests[path] == len(actions), path
+    assert len(pngs(tmp_path / "out")) == 12
+    assert_nothing_half_written(tmp_path / "out")
+
+
+def test_final_and_exhausted_failures_are_listed_and_a_second_run_fetches_only_them(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    first, second, third = LABELS
+    server.script[path_of(first, "green")].append("404")
+    server.script[path_of(second, "red")].extend(["503"] * 4)  # every attempt of retries=3
+    server.script[path_of(third, "blue")].append(tinted_jpg(path_of(third, "blue"), "yellow"))
+    csv = write_csv(tmp_path / "hpav18.csv", LABELS)
+    out = tmp_path / "out"
+    arguments = ["--csv", str(csv), "--out", str(out), "--base-url", server.url]
+    arguments += [f"--{name}={value}" for name, value in FAST.items()]
+    assert main(arguments) == 1
+
+    assert server.requests[path_of(first, "green")] == 1  # a 404 is final
+    assert server.requests[path_of(second, "red")] == 4
+    failed = pd.read_csv(out / FAILED_FILE, dtype=str)  # in the csv's order
+    assert list(failed.columns) == ["Id", "channel", "reason"]
+    assert list(zip(failed["Id"], failed["channel"], strict=True)) == [
+        (first, "green"),
+        (second, "red"),
+        (third, "blue"),
+    ]
+    reasons = failed["reason"].tolist()
+    assert reasons[0].startswith("HTTP 404 from http://127.0.0.1")
+    assert reasons[1].startswith("HTTP 503") and "4 attempts" in reasons[1]
+    assert "not in the blue stain" in reasons[2] and "1060/F3_3_blue.jpg" in reasons[2]
+    assert len(pngs(out)) == 9 and pd.read_csv(out / LABELS_FILE).empty
+    assert_nothing_half_written(out)
+
+    server.requests.clear()
+    assert main(arguments) == 0  # the server answers normally now
+    assert set(server.requests) == {
+        path_of(first, "green"),
+        path_of(second, "red"),
+        path_of(third, "blue"),
+    }
+    assert pd.read_csv(out / LABELS_FILE, dtype=str)["Id"].tolist() == list(LABELS)
+    assert not (out / FAILED_FILE).exists()
+    assert_nothing_half_written(out)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem", "line"),
+    [
+        ("Id,Target\n10580_1610_C1_1,0\n10580,1\n", "not an HPAv18 image id", 3),
+        ("Id,Target\n10580_1610_C1_1,0\n1060_F3_3,28\n", "outside 0..27", 3),
+        ("Id,Label\n10580_1610_C1_1,0\n", "Target", 1),
+    ],
+)
+def test_bad_csv_is_refused_naming_the_file_and_line(
+    tmp_path: Path, content: str, problem: str, line: int
+) -> None:
+    csv = tmp_path / "hpav18.csv"
+    csv.write_text(content)
+    unused = FetchSettings(base_url="http://127.0.0.1:9/images")
+    with pytest.raises(HPAInputError, match=problem) as error:
+        fetch_hpav18(csv, tmp_path / "out", unused, progress=False)
+    assert f"{csv}, line {line}" in str(error.value)
+
+
+def test_cli_refuses_bad_input_with_exit_status_2(tmp_path: Path) -> None:
+    csv = tmp_path / "hpav18.csv"
+    csv.write_text("Id,Target\n10580_1610_C1_1,0\nplate-only,0\n")
+    command = [sys.executable, "-m", "hpa.data.hpav18", "--csv", str(csv), "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"{csv}, line 3" in result.stderr and "Traceback" not in result.stderr
+
+
+def fetch_command(server: ScriptedServer, csv: Path, out: Path) -> list[str]:
+    command = [sys.executable, "-m", "hpa.data.hpav18", "--csv", str(csv), "--out", str(out)]
+    return [*command, "--base-url", server.url, *[f"--{k}={v}" for k, v in FAST.items()]]
+
+
+def interrupted_run(server: ScriptedServer, command: list[str], out: Path, sig: int) -> int:
+    """Run ``command``, send it ``sig`` once 20 PNGs have landed; its exit status."""
+    server.delay = 0.05  # 120 requests on 2 workers: several seconds
+    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(pngs(out)) < 20 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    run.send_signal(sig)
+    run.communicate(timeout=30)
+    server.delay = 0.0
+    assert len(pngs(out)) < 120, "the run ended before the signal"
+    return run.returncode
+
+
+LABELS_30 = {f"{100 + index}_A{index}_1": str(index % 28) for index in range(30)}
+
+
+def test_a_killed_run_leaves_nothing_half_written_and_resumes(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    command = fetch_command(server, write_csv(tmp_path / "hpav18.csv", LABELS_30), out)
+    assert interrupted_run(server, command, out, signal.SIGKILL) == -signal.SIGKILL
+    landed = pngs(out)
+    assert len(landed) >= 20
+    for png in landed:  # written atomically: every PNG there is whole
+        assert cv2.imread(str(png), cv2.IMREAD_UNCHANGED).shape == (SIZE, SIZE)
+    assert not (out / LABELS_FILE).exists()
+    stale = out / IMAGE_DIR / ".x_red.png.abc123.tmp"  # as a write cut by the kill leaves it
+    stale.write_bytes(b"half")
+
+    server.requests.clear()
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sum(server.requests.values()) == 120 - len(landed)  # only what was missing
+    assert pd.read_csv(out / LABELS_FILE, dtype=str)["Id"].tolist() == list(LABELS_30)
+    assert_nothing_half_written(out)
+    assert "HPAv18: " in resumed.stderr and "sample" in resumed.stderr  # the progress bar
+
+
+def test_ctrl_c_lists_the_ids_complete_so_far(server: ScriptedServer, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = fetch_command(server, write_csv(tmp_path / "hpav18.csv", LABELS_30), out)
+    assert interrupted_run(server, command, out, signal.SIGINT) == 130
+    listed = pd.read_csv(out / LABELS_FILE, dtype=str)["Id"].tolist()
+    assert 5 <= len(listed) < 30
+    assert_nothing_half_written(out)
