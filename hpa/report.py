@@ -8,8 +8,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from hpa.errors import exit_on_input_error
 from hpa.evaluation.run_report import write_report
-from hpa.run.entry import exit_on_input_error
 
 EXAMPLES = """examples:
   hpa-report logs/train/runs/2026-01-01_00-00-00

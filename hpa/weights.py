@@ -15,9 +15,10 @@ from collections.abc import Sequence
 
 from hydra import compose, initialize_config_dir
 
+from hpa.errors import exit_on_input_error
 from hpa.models.backbones import SEED_CNN_NAME
 from hpa.models.pretrained import cached_weights, fetch_weights
-from hpa.run.entry import CONFIG_DIR, exit_on_input_error
+from hpa.run.entry import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from test_configs import compose_train, group_options, resolved
 from torch.utils.data import DataLoader
 
 from hpa.data.dataset import collate_samples
+from hpa.evaluation.metrics import TRAIN_LOSS
 from hpa.labels import KAGGLE_CLASS_COUNTS, NUM_CLASSES, NUM_KAGGLE_TRAIN_IMAGES
-from hpa.metrics import TRAIN_LOSS
 from hpa.models.losses import (
     BCEWithLogitsLoss,
     FocalLoss,

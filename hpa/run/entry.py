@@ -27,7 +27,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from hpa.errors import HPAInputError
+from hpa.errors import exit_on_input_error
 from hpa.run.run_dir import RunDir
 from hpa.secrets import redact
 
@@ -70,20 +70,6 @@ def entry_point(config_name: str) -> Callable[[Task], Callable[[], Any]]:
         )
 
     return decorate
-
-
-@contextmanager
-def exit_on_input_error() -> Iterator[None]:
-    """Turn an HPAInputError into one logged line and exit code 2 (no traceback).
-
-    SystemExit is not an Exception, so Hydra's own error report lets it through unchanged.
-    With ``HYDRA_FULL_ERROR=1`` the traceback is logged too.
-    """
-    try:
-        yield
-    except HPAInputError as error:
-        log.error("%s", error, exc_info=_full_error())
-        raise SystemExit(2) from None
 
 
 @contextmanager
