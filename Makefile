@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-slow test-all lint clean bench bench-gpu
+.PHONY: install train test test-slow test-all lint clean clean-runs bench bench-gpu
 
 install: $(STAMP)
 
@@ -46,5 +46,12 @@ bench: install
 bench-gpu: install
 	$(BIN)/python -m benchmarks.gpu
 
+# Caches of the tools only: runs (logs/) and data (data/) stay.
 clean:
-	rm -rf logs .pytest_cache .ruff_cache
+	rm -rf .pytest_cache .ruff_cache
+	find hpa tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Every run and checkpoint under logs/, after asking.
+clean-runs:
+	@read -p "Delete every run and checkpoint under logs/? [y/N] " answer; \
+	if [ "$$answer" = y ]; then rm -rf logs; echo "logs/ deleted"; else echo "nothing deleted"; fi

@@ -11,6 +11,8 @@ import pandas as pd
 import torch
 from cli import SMALL_SYNTHETIC_SET, run_module
 
+from hpa.data.datamodule import HPADataModule
+from hpa.data.synthetic import generate_dataset
 from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
 from hpa.evaluation.thresholds import load_thresholds
 from hpa.labels import CLASS_NAMES
@@ -104,3 +106,33 @@ def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path: 
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     assert best["epoch"] == 0
     assert last["epoch"] == 1
+
+
+def test_a_data_root_that_is_not_a_synthetic_set_is_refused_with_data_synthetic(tmp_path: Path):
+    """`data.root=X` without `data=hpa` must not generate synthetic images into X."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    real_looking = tmp_path / "real"
+    (real_looking / "train").mkdir(parents=True)
+    (real_looking / "train.csv").write_text("Id,Target\na,0\n")
+    for root in (empty, real_looking, tmp_path / "absent"):
+        result = run_train(
+            tmp_path / "runs" / root.name, "debug=fast", f"data.root={root}", check=False
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode == 2, output[-3000:]
+        assert f"data=hpa data.root={root}" in output and "Traceback" not in output
+    assert list(empty.iterdir()) == [] and not (tmp_path / "absent").exists()
+    assert sorted(p.name for p in real_looking.iterdir()) == ["train", "train.csv"]
+
+
+def test_a_synthetic_set_written_by_hand_is_read_where_it_is(tmp_path: Path):
+    own_set = tmp_path / "own"
+    generate_dataset(own_set, num_images=40, image_size=32, seed=3, progress=False)
+    datamodule = HPADataModule(
+        own_set,
+        image_size=32,
+        synthetic={"num_images": 40, "image_size": 32, "seed": 0, "generate_into": tmp_path / "x"},
+    )
+    datamodule.prepare_data()  # reads the set in place, generates nothing elsewhere
+    assert not (tmp_path / "x").exists()

@@ -114,7 +114,7 @@ class HPADataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.synthetic_config is not None:
-            synthetic.ensure_dataset(self.root, **self.synthetic_config)
+            synthetic.ensure_synthetic_root(self.root, **self.synthetic_config)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

@@ -19,6 +19,7 @@ from hpa.data.synthetic.writer import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     ensure_dataset,
+    ensure_synthetic_root,
     generate_dataset,
     is_complete,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "MOTIFS",
     "MOTIF_COMPARTMENTS",
     "ensure_dataset",
+    "ensure_synthetic_root",
     "generate_dataset",
     "is_complete",
     "render_sample",

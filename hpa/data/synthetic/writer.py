@@ -236,3 +236,34 @@ def ensure_dataset(
         logger.info("using the existing synthetic set in %s", root)
         return root
     return generate_dataset(root, num_images, image_size, seed, num_test, progress)
+
+
+def ensure_synthetic_root(
+    root: str | Path,
+    num_images: int,
+    image_size: int,
+    seed: int,
+    num_test: int = 0,
+    generate_into: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """The synthetic set that ``data=synthetic`` reads at ``root``.
+
+    When ``root`` is ``generate_into`` (the config's own folder for these parameters; None means
+    ``root``) the set is generated there once (``ensure_dataset``). A ``root`` pointed elsewhere
+    must already hold a synthetic set (one written by ``hpa-synthetic``): anything else is
+    refused, so a folder of real data, or an empty one meant for it, is never filled with
+    synthetic images.
+    """
+    root = Path(root)
+    if generate_into is None or root.resolve() == Path(generate_into).resolve():
+        return ensure_dataset(root, num_images, image_size, seed, num_test, progress)
+    if is_complete(root):
+        logger.info("reading the synthetic set in %s: %s", root, _read_manifest(root))
+        return root
+    raise HPAInputError(
+        f"data.root={root} is not a synthetic set (it has no {MANIFEST_NAME}), but data=synthetic "
+        f"only reads synthetic sets. For real data in the Kaggle layout use "
+        f"data=hpa data.root={root}; to make a synthetic set there, write it first with "
+        f"`hpa-synthetic {root} --n N --size S`."
+    )
