@@ -23,7 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from hpa import builders, metrics, report
 from hpa.artifacts import write_test_artifacts
 from hpa.data.datamodule import HPADataModule
+from hpa.data.duplicates import write_leak_report
 from hpa.data.epoch_seeding import epoch_seeding
+from hpa.data.external import write_external_samples
 from hpa.data.validate import write_skipped_images
 from hpa.distributed import (
     close_process_group,
@@ -55,6 +57,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("fit")
     datamodule.save_split(output_dir / "split.csv")
     write_skipped_images(output_dir, datamodule.skipped_images)
+    write_leak_report(output_dir, datamodule.leak_report)
+    write_external_samples(output_dir, datamodule.external_samples)
 
     model = builders.build_module(cfg, datamodule)
     callbacks = builders.build_callbacks(cfg) + epoch_seeding(cfg.get("seed"))
