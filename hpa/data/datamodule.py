@@ -163,23 +163,9 @@ class HPADataModule(pl.LightningDataModule):
         keep, self.skipped_images = checked_samples(
             self.image_dir, self.ids, self.validate, self.on_bad_image
         )
-        for_training = stage not in ("test", "predict")
-        if for_training:
-            self.external = read_external_roots(
-                self.external_roots, self.csv_path, self.ids, self.validate, self.on_bad_image
-            )
-        if for_training and self.duplicates_config["enabled"]:
-            self._find_duplicates(keep)
-        groups = None
-        if self.root_pairs is not None and len(self.root_pairs.first):
-            groups = duplicate_groups(len(self.ids), self.root_pairs)
-        self.assignment = self._split(groups)
-        if self.root_pairs is not None:
-            self._drop_external_duplicates()
-            self._report_leaks(self._split_ignoring_duplicates(groups))
-        for external in self.external:
-            external.log_counts()
-        self.external_samples = external_samples_table(self.external)
+        self.assignment = self._split_honouring_duplicates(
+            keep, for_training=stage not in ("test", "predict")
+        )
         # split.csv lists every row of the csv (reusable once bad images are fixed); skipped
         # samples are left out of the datasets
         self.split_table = (self.ids, self.assignment)
@@ -217,6 +203,28 @@ class HPADataModule(pl.LightningDataModule):
         self._set_normalization()
         if self.oversample:
             self._log_oversampling()
+
+    def _split_honouring_duplicates(self, keep: np.ndarray, for_training: bool) -> np.ndarray:
+        """The split of every csv row. For training, also read the external roots and, unless
+        disabled, keep groups of duplicates in one split, drop external duplicates of val and
+        test images and count the pairs per pair of splits."""
+        if for_training:
+            self.external = read_external_roots(
+                self.external_roots, self.csv_path, self.ids, self.validate, self.on_bad_image
+            )
+        if for_training and self.duplicates_config["enabled"]:
+            self._find_duplicates(keep)
+        groups = None
+        if self.root_pairs is not None and len(self.root_pairs.first):
+            groups = duplicate_groups(len(self.ids), self.root_pairs)
+        self.assignment = self._split(groups)
+        if self.root_pairs is not None:
+            self._drop_external_duplicates()
+            self._report_leaks(self._split_ignoring_duplicates(groups))
+        for external in self.external:
+            external.log_counts()
+        self.external_samples = external_samples_table(self.external)
+        return self.assignment
 
     def _split(self, groups: np.ndarray | None) -> np.ndarray:
         """The split of every csv row; the rows of one of ``groups`` share their split."""

@@ -49,7 +49,6 @@ from hpa.data.cache import (
     source_stat,
 )
 from hpa.data.reader import find_channel_file, read_channel, read_ids_csv
-from hpa.data.split import SPLITS
 from hpa.errors import HPAInputError, exit_on_input_error
 from hpa.io import atomic_path, write_csv
 from hpa.labels import CHANNELS
@@ -285,8 +284,9 @@ def near_duplicate_pairs(
 
     num_threads = num_threads or default_build_workers()
     with ThreadPoolExecutor(num_threads) as pool:
-        blocks = list(pool.map(block, range(0, len(hashes), _ROW_BLOCK)))
-    return RowPairs.concatenate(blocks)
+        pairs = RowPairs.concatenate(list(pool.map(block, range(0, len(hashes), _ROW_BLOCK))))
+    order = np.lexsort((pairs.second, pairs.first))
+    return RowPairs(pairs.first[order], pairs.second[order], pairs.distance[order])
 
 
 def check_threshold(threshold: int) -> None:
@@ -313,7 +313,9 @@ def duplicate_groups(num_rows: int, pairs: RowPairs) -> np.ndarray:
 # Leak report
 # --------------------------------------------------------------------------------------------
 
-_REPORT_ORDER = (EXTERNAL, *SPLITS)
+# external, then hpa.data.split.SPLITS (not imported: it loads scikit-learn, which the processes
+# of the hashing pool would load for nothing)
+_REPORT_ORDER = (EXTERNAL, "train", "val", "test")
 REPORT_ROWS: tuple[str, ...] = (
     "train-val",
     "train-test",
