@@ -21,6 +21,7 @@ from hpa.data.reader import read_labels_csv, read_sample
 from hpa.data.split import train_val_test_split
 from hpa.data.synthetic import generate_dataset
 from hpa.errors import HPAInputError
+from hpa.metrics import TEST_F1_MACRO
 
 SIZE = 64
 ROOT_COPIES = range(0, 6)  # rows of data.root with a degraded copy in data.root
@@ -236,10 +237,10 @@ def test_oversampled_batches_draw_external_images(planted: dict[str, Path]):
     assert batch["image"].shape == (8, 4, SIZE, SIZE)
 
 
-def test_a_debug_run_with_external_data_writes_the_leak_report_and_external_list(
-    planted: dict[str, Path], tmp_path: Path
-):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def debug_run(planted: dict[str, Path], tmp_path_factory) -> Path:
+    """The run directory of ``python -m hpa.train debug=fast`` with the external root."""
+    run_dir = tmp_path_factory.mktemp("debug_run") / "run"
     result = run_module(
         "hpa.train",
         f"hydra.run.dir={run_dir}",
@@ -253,27 +254,39 @@ def test_a_debug_run_with_external_data_writes_the_leak_report_and_external_list
         "data.batch_size=8",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run_dir
 
-    report = pd.read_csv(run_dir / LEAK_REPORT_FILE).set_index("splits")
+
+def test_a_debug_run_with_external_data_writes_the_leak_report_and_external_list(
+    planted: dict[str, Path], debug_run: Path
+):
+    report = pd.read_csv(debug_run / LEAK_REPORT_FILE).set_index("splits")
     assert list(report.index) == list(REPORT_ROWS)
     assert report.loc[sorted(LEAKS), "this_run"].sum() == 0
-    samples = pd.read_csv(run_dir / EXTERNAL_SAMPLES_FILE, keep_default_na=False)
+    assert report.loc[sorted(LEAKS), "ignoring_duplicates"].sum() > 0
+    samples = pd.read_csv(debug_run / EXTERNAL_SAMPLES_FILE, keep_default_na=False)
     assert len(samples) == 20 + len(EXTERNAL_COPIES) + 1
     assert set(samples.status) == {"used", "dropped"}
-    split = pd.read_csv(run_dir / "split.csv")
+    split = pd.read_csv(debug_run / "split.csv")
     assert len(split) == 120 + len(ROOT_COPIES)  # data.root's rows only
-    log = (run_dir / "train.log").read_text()
+    log = (debug_run / "train.log").read_text()
     num_used = int((samples.status == "used").sum())
     assert f"external data {planted['external']}: {len(samples)} images, {num_used} used" in log
+    assert "duplicate pairs per pair of splits" in log
 
-    # eval tests the run's checkpoint on data.root's test split
+
+@pytest.mark.slow
+def test_eval_of_a_run_with_external_data_tests_on_the_data_root_test_split(
+    debug_run: Path, tmp_path: Path
+):
     evaluated = run_module(
         "hpa.eval",
-        f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+        f"ckpt_path={debug_run / 'checkpoints' / 'best.ckpt'}",
         f"hydra.run.dir={tmp_path / 'eval'}",
     )
     assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
+    split = pd.read_csv(debug_run / "split.csv")
     predictions = pd.read_csv(tmp_path / "eval" / "test_predictions.csv")
-    test_ids = set(split.Id[split.split == "test"])
-    assert set(predictions.Id) <= test_ids and len(predictions) > 0
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(predictions.Id) == set(split.Id[split.split == "test"])
+    evaluated_metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0.0 <= evaluated_metrics[TEST_F1_MACRO] <= 1.0

@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import math
+import zipfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from itertools import repeat
@@ -69,8 +70,8 @@ HASH_METHOD = f"phash-{HASH_SIZE}x{HASH_SIZE} per stain"
 
 DEFAULT_THRESHOLD = 160
 """Largest summed Hamming distance (of 4 x 256 bits) of two near-duplicate samples. Degraded
-copies of real HPA channels measure at most 22 per stain (88 in all), distinct fields of view at
-least 98 per stain, distinct synthetic samples at least 322 in all; see
+copies of real HPA channels measure at most 20 per stain (80 in all), distinct fields of view at
+least 98 per stain, distinct synthetic samples at least 302 in all; see
 docs/duplicates-and-external-data.md."""
 
 HASH_INPUT_SIZE = 4 * HASH_SIZE
@@ -184,8 +185,8 @@ def _read_cached(path: Path, expected: dict) -> np.ndarray | None:
         with np.load(path) as stored:
             if json.loads(str(stored["fingerprint"])) == expected:
                 return stored["hashes"]
-    except (OSError, ValueError, KeyError):
-        pass
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # unreadable: hashed again
     return None
 
 
@@ -413,6 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     with exit_on_input_error():
         check_threshold(arguments.threshold)
+        roots = [str(root) for root in arguments.roots]
+        if len(set(roots)) != len(roots):
+            raise HPAInputError(f"a root is given twice: {roots}")
         all_ids, all_hashes = [], []
         for root in arguments.roots:
             ids = read_ids_csv(root / "train.csv")
@@ -420,9 +424,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             all_hashes.append(
                 root_hashes(root / "train", ids, arguments.cache_dir, arguments.workers)
             )
-        roots = [str(root) for root in arguments.roots]
-        if len(set(roots)) != len(roots):
-            raise HPAInputError(f"a root is given twice: {roots}")
         table = pair_table(roots, all_ids, all_hashes, arguments.threshold)
         write_csv(arguments.out, table)
         log.info("%d near-duplicate pair(s) written to %s", len(table), arguments.out)
