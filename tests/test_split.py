@@ -210,3 +210,72 @@ def test_tiny_dataset_split() -> None:
         assert (labels[assignment == split].sum(axis=0) > 0).all()
     # Iterative stratification favours class balance over exact sizes on tiny inputs.
     assert 15 <= (assignment == "train").sum() <= 25
+
+
+# --------------------------------------------------------------------------------------------
+# Groups (near-duplicates) kept together
+# --------------------------------------------------------------------------------------------
+
+NUM_GROUPED_ROWS = 6000
+
+
+@pytest.fixture(scope="module")
+def planted_groups() -> np.ndarray:
+    """A group label per row of the first NUM_GROUPED_ROWS real rows: 600 pairs and 200
+    triples of random rows (like duplicate groups, which have unrelated rows' labels), the rest
+    on their own."""
+    rng = np.random.default_rng(0)
+    groups = np.arange(NUM_GROUPED_ROWS)
+    members = rng.permutation(NUM_GROUPED_ROWS)
+    for start in range(0, 1200, 2):
+        groups[members[start : start + 2]] = groups[members[start]]
+    for start in range(1200, 1800, 3):
+        groups[members[start : start + 3]] = groups[members[start]]
+    return groups
+
+
+def assert_groups_share_their_split(groups: np.ndarray, assignment: np.ndarray) -> None:
+    for group in np.unique(groups):
+        assert len(set(assignment[groups == group].tolist())) == 1, f"group {group} straddles"
+
+
+def test_a_grouped_split_keeps_every_group_in_one_split_and_stays_stratified(
+    labels: np.ndarray, planted_groups: np.ndarray
+) -> None:
+    subset = labels[:NUM_GROUPED_ROWS]
+    grouped = train_val_test_split(subset, (0.7, 0.15, 0.15), seed=0, groups=planted_groups)
+    assert_groups_share_their_split(planted_groups, grouped)
+    common = subset.sum(axis=0) >= 200
+    assert class_share_deviation(subset[:, common], grouped).max() < 0.03
+    for split, share in TARGET_SHARES.items():
+        assert abs((grouped == split).mean() - share) < 0.02
+    # without the groups the same split puts members of many groups in two splits
+    plain = train_val_test_split(subset, (0.7, 0.15, 0.15), seed=0)
+    straddling = [g for g in np.unique(planted_groups) if len(set(plain[planted_groups == g])) > 1]
+    assert len(straddling) > 100
+
+
+def test_grouped_kfolds_keep_groups_together_and_share_the_grouped_test_set(
+    labels: np.ndarray, planted_groups: np.ndarray
+) -> None:
+    subset = labels[:NUM_GROUPED_ROWS]
+    grouped = train_val_test_split(subset, (0.7, 0.15, 0.15), seed=0, groups=planted_groups)
+    val_count_per_row = np.zeros(NUM_GROUPED_ROWS, dtype=int)
+    for fold in range(3):
+        assignment = kfold_split(subset, 3, fold, seed=0, groups=planted_groups)
+        assert_groups_share_their_split(planted_groups, assignment)
+        np.testing.assert_array_equal(assignment == "test", grouped == "test")
+        val_count_per_row += assignment == "val"
+    assert (val_count_per_row[grouped != "test"] == 1).all()
+
+
+def test_groups_of_one_row_give_the_split_without_groups(labels: np.ndarray) -> None:
+    subset = labels[:2000]
+    singletons = np.arange(2000)[::-1]  # any labels, one per row
+    np.testing.assert_array_equal(
+        train_val_test_split(subset, seed=4, groups=singletons),
+        train_val_test_split(subset, seed=4),
+    )
+    np.testing.assert_array_equal(
+        kfold_split(subset, 4, 1, seed=4, groups=singletons), kfold_split(subset, 4, 1, seed=4)
+    )

@@ -15,8 +15,26 @@ from torch.utils.data import DataLoader
 from hpa.data import synthetic
 from hpa.data.cache import PackedImages, ensure_cache
 from hpa.data.dataset import RGBYDataset, collate_samples
+from hpa.data.duplicates import (
+    DEFAULT_THRESHOLD,
+    EXTERNAL,
+    LEAKS,
+    RowPairs,
+    check_threshold,
+    duplicate_groups,
+    leak_report,
+    near_duplicate_pairs,
+    root_hashes,
+    split_pair_counts,
+)
 from hpa.data.epoch_seeding import EpochSeededSampler, EpochShuffleSampler
-from hpa.data.reader import read_labels_csv, read_sample
+from hpa.data.external import (
+    ExternalRoot,
+    MultiRootDataset,
+    external_samples_table,
+    read_external_roots,
+)
+from hpa.data.reader import read_labels_csv
 from hpa.data.sampler import (
     DistributedOversamplingSampler,
     OversamplingSampler,
@@ -24,7 +42,7 @@ from hpa.data.sampler import (
     frequency_table,
     image_weights,
 )
-from hpa.data.split import kfold_split, load_split, save_split, train_val_test_split
+from hpa.data.split import SPLITS, kfold_split, load_split, save_split, train_val_test_split
 from hpa.data.transforms import build_augmentation
 from hpa.data.validate import checked_samples
 from hpa.errors import HPAInputError
@@ -50,6 +68,13 @@ class HPADataModule(pl.LightningDataModule):
     multilabel-stratified (or reads ``split_file``), and computes the per-channel mean and std of
     the train split unless they are given. It runs once; later calls are no-ops, so the train entry
     point can call it before fitting to refuse bad input before any training starts.
+
+    ``external`` roots (same layout) add their images to the train split only (hpa.data.external).
+    With ``duplicates.enabled`` (the default) near-duplicate samples are looked for
+    (hpa.data.duplicates): groups of duplicates of ``root`` never straddle two splits, external
+    duplicates of val and test images are dropped, and ``leak_report`` counts the duplicate pairs
+    per pair of splits. ``setup("test")`` and ``setup("predict")`` (evaluation, which reads its
+    split from a file) skip both.
     """
 
     def __init__(
@@ -72,6 +97,8 @@ class HPADataModule(pl.LightningDataModule):
         cache_dir: str | Path | None = None,
         validate: str = "fast",
         on_bad_image: str = "error",
+        external: Sequence[str | Path] | str | None = None,
+        duplicates: Mapping | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -93,6 +120,17 @@ class HPADataModule(pl.LightningDataModule):
         self.validate = validate
         self.on_bad_image = on_bad_image
         self.skipped_images = None  # Id, file, problem of the samples dropped by validation
+        if isinstance(external, str | Path):
+            external = [external]
+        self.external_roots = [Path(root) for root in external or ()]
+        self.duplicates_config = _checked_duplicates_config(duplicates)
+
+        self.external: list[ExternalRoot] = []
+        self.external_samples = None  # root, Id, status, reason of every external csv row
+        # near-duplicate pairs (csv rows): within root; and (external row, root row) per external
+        self.root_pairs: RowPairs | None = None
+        self.external_pairs: list[RowPairs] = []
+        self.leak_report = None  # duplicate pairs per pair of splits, ignoring them and not
 
         self.ids: np.ndarray | None = None
         self.labels: np.ndarray | None = None
@@ -125,7 +163,9 @@ class HPADataModule(pl.LightningDataModule):
         keep, self.skipped_images = checked_samples(
             self.image_dir, self.ids, self.validate, self.on_bad_image
         )
-        self.assignment = self._split()
+        self.assignment = self._split_honouring_duplicates(
+            keep, for_training=stage not in ("test", "predict")
+        )
         # split.csv lists every row of the csv (reusable once bad images are fixed); skipped
         # samples are left out of the datasets
         self.split_table = (self.ids, self.assignment)
@@ -134,19 +174,18 @@ class HPADataModule(pl.LightningDataModule):
             self.labels[keep],
             self.assignment[keep],
         )
-        for name in ("train", "val", "test"):
+        for name in SPLITS:
             log.info("%s split: %d images", name, int((self.assignment == name).sum()))
         if self.use_cache:
             self.packed_images = ensure_cache(
                 self.image_dir, self.ids, self.image_size, cache_dir=self.cache_dir
             )
-        self._set_normalization()
 
         augmentation = build_augmentation(self.augment_config)
         if augmentation is not None:
             # albumentations keeps its own random state: seed it for repeatable runs
             augmentation.set_random_seed(self.split_seed)
-        for name in ("train", "val", "test"):
+        for name in SPLITS:
             rows = np.flatnonzero(self.assignment == name)
             self.datasets[name] = RGBYDataset(
                 self.image_dir,
@@ -157,10 +196,38 @@ class HPADataModule(pl.LightningDataModule):
                 cache=self.packed_images,
                 cache_rows=rows,
             )
+        external_parts = self._external_train_datasets(augmentation)
+        if external_parts:
+            self.datasets["train"] = MultiRootDataset([self.datasets["train"], *external_parts])
+            log.info("train split with external images: %d images", len(self.datasets["train"]))
+        self._set_normalization()
         if self.oversample:
             self._log_oversampling()
 
-    def _split(self) -> np.ndarray:
+    def _split_honouring_duplicates(self, keep: np.ndarray, for_training: bool) -> np.ndarray:
+        """The split of every csv row. For training, also read the external roots and, unless
+        disabled, keep groups of duplicates in one split, drop external duplicates of val and
+        test images and count the pairs per pair of splits."""
+        if for_training:
+            self.external = read_external_roots(
+                self.external_roots, self.csv_path, self.ids, self.validate, self.on_bad_image
+            )
+        if for_training and self.duplicates_config["enabled"]:
+            self._find_duplicates(keep)
+        groups = None
+        if self.root_pairs is not None and len(self.root_pairs.first):
+            groups = duplicate_groups(len(self.ids), self.root_pairs)
+        self.assignment = self._split(groups)
+        if self.root_pairs is not None:
+            self._drop_external_duplicates()
+            self._report_leaks(self._split_ignoring_duplicates(groups))
+        for external in self.external:
+            external.log_counts()
+        self.external_samples = external_samples_table(self.external)
+        return self.assignment
+
+    def _split(self, groups: np.ndarray | None) -> np.ndarray:
+        """The split of every csv row; the rows of one of ``groups`` share their split."""
         if self.split_file is not None:
             log.info("reading the split from %s", self.split_file)
             return load_split(self.split_file, self.ids)
@@ -171,8 +238,108 @@ class HPADataModule(pl.LightningDataModule):
                 fold=self.fold,
                 test_fraction=self.split_fractions[2],
                 seed=self.split_seed,
+                groups=groups,
             )
-        return train_val_test_split(self.labels, self.split_fractions, seed=self.split_seed)
+        return train_val_test_split(
+            self.labels, self.split_fractions, seed=self.split_seed, groups=groups
+        )
+
+    def _split_ignoring_duplicates(self, groups: np.ndarray | None) -> np.ndarray:
+        if groups is None or self.split_file is not None:
+            return self.assignment
+        log.info("for the leak report, the split that ignoring duplicates would give:")
+        return self._split(None)
+
+    def _find_duplicates(self, keep: np.ndarray) -> None:
+        """Near-duplicate pairs within root and between each external root and root."""
+        threshold = self.duplicates_config["threshold"]
+        kept_rows = np.flatnonzero(keep)
+        hashes = root_hashes(self.image_dir, self.ids[kept_rows], self.cache_dir)
+        pairs = near_duplicate_pairs(hashes, threshold=threshold)
+        self.root_pairs = RowPairs(kept_rows[pairs.first], kept_rows[pairs.second], pairs.distance)
+        log.info(
+            "near-duplicates (distance <= %d): %d pair(s) among the %d images of %s",
+            threshold,
+            len(pairs.first),
+            len(kept_rows),
+            self.root,
+        )
+        for external in self.external:
+            readable_rows = np.flatnonzero(external.readable)
+            external_hashes = root_hashes(
+                external.image_dir, external.ids[readable_rows], self.cache_dir
+            )
+            pairs = near_duplicate_pairs(external_hashes, hashes, threshold=threshold)
+            self.external_pairs.append(
+                RowPairs(readable_rows[pairs.first], kept_rows[pairs.second], pairs.distance)
+            )
+            log.info(
+                "near-duplicates: %d pair(s) of an image of %s and one of %s",
+                len(pairs.first),
+                external.root,
+                self.root,
+            )
+
+    def _drop_external_duplicates(self) -> None:
+        for external, pairs in zip(self.external, self.external_pairs, strict=True):
+            external.drop_duplicates_of_evaluation_images(pairs, self.ids, self.assignment)
+
+    def _report_leaks(self, assignment_ignoring_duplicates: np.ndarray) -> None:
+        """Count the duplicate pairs per pair of splits, for the split made ignoring them (with
+        every readable external image) and for this run's."""
+        counts = {}
+        for name, assignment, external_rows in (
+            ("ignoring_duplicates", assignment_ignoring_duplicates, "readable"),
+            ("this_run", self.assignment, "used"),
+        ):
+            splits_a = [assignment[self.root_pairs.first]]
+            splits_b = [assignment[self.root_pairs.second]]
+            for external, pairs in zip(self.external, self.external_pairs, strict=True):
+                counted = getattr(external, external_rows)[pairs.first]
+                splits_a.append(np.full(int(counted.sum()), EXTERNAL))
+                splits_b.append(assignment[pairs.second[counted]])
+            counts[name] = split_pair_counts(np.concatenate(splits_a), np.concatenate(splits_b))
+        self.leak_report = leak_report(counts["ignoring_duplicates"], counts["this_run"])
+        log.info("duplicate pairs per pair of splits:\n%s", self.leak_report.to_string(index=False))
+        leaks_left = sum(counts["this_run"][name] for name in LEAKS)
+        if leaks_left:
+            log.warning(
+                "%d duplicate pair(s) join training and evaluation images (the split file %s "
+                "was made without grouping duplicates?)",
+                leaks_left,
+                self.split_file,
+            )
+
+    def _external_train_datasets(self, augmentation) -> list[RGBYDataset]:
+        """A dataset of the used images of each external root (decoded into its own cache)."""
+        datasets = []
+        for external in self.external:
+            used_rows = np.flatnonzero(external.used)
+            if not len(used_rows):
+                continue
+            cache, cache_rows = None, None
+            if self.use_cache:
+                # all readable images, so that the cache is the same whichever are dropped
+                readable_rows = np.flatnonzero(external.readable)
+                cache = ensure_cache(
+                    external.image_dir,
+                    external.ids[readable_rows],
+                    self.image_size,
+                    cache_dir=self.cache_dir,
+                )
+                cache_rows = np.searchsorted(readable_rows, used_rows)
+            datasets.append(
+                RGBYDataset(
+                    external.image_dir,
+                    external.ids[used_rows],
+                    external.labels[used_rows],
+                    self.image_size,
+                    augmentation=augmentation,
+                    cache=cache,
+                    cache_rows=cache_rows,
+                )
+            )
+        return datasets
 
     def save_split(self, path: str | Path) -> None:
         """Write the split as ``Id,split`` (and ``fold`` for k-fold) to ``path``."""
@@ -199,16 +366,13 @@ class HPADataModule(pl.LightningDataModule):
 
     def _train_channel_stats(self, num_images: int) -> tuple[np.ndarray, np.ndarray]:
         """Mean and std of each channel over a seeded random subset of the train split."""
-        train_rows = np.flatnonzero(self.assignment == "train")
+        train_set = self.datasets["train"]
         rng = np.random.default_rng(self.split_seed)
-        chosen = rng.choice(train_rows, size=min(num_images, len(train_rows)), replace=False)
+        chosen = rng.choice(len(train_set), size=min(num_images, len(train_set)), replace=False)
         total = np.zeros(4, dtype=np.float64)
         total_squares = np.zeros(4, dtype=np.float64)
-        for row in chosen:
-            if self.packed_images is not None:
-                image = self.packed_images[row]
-            else:
-                image = read_sample(self.image_dir, self.ids[row], self.image_size)
+        for index in chosen:
+            image = train_set.read_image(index)
             pixels = image.reshape(4, -1).astype(np.float64) / 255.0
             total += pixels.mean(axis=1)
             total_squares += (pixels**2).mean(axis=1)
@@ -277,3 +441,18 @@ class HPADataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._evaluation_loader("test")
+
+
+def _checked_duplicates_config(config: Mapping | None) -> dict:
+    """``data.duplicates`` with its defaults: enabled, threshold."""
+    checked = {"enabled": True, "threshold": DEFAULT_THRESHOLD}
+    unknown = sorted(set(config or {}) - set(checked))
+    if unknown:
+        raise HPAInputError(f"data.duplicates: unknown key(s) {unknown}; expected {list(checked)}")
+    checked.update(config or {})
+    if not isinstance(checked["enabled"], bool):
+        raise HPAInputError(
+            f"data.duplicates.enabled must be true or false: {checked['enabled']!r}"
+        )
+    check_threshold(checked["threshold"])
+    return checked

@@ -1,8 +1,13 @@
 """Multilabel-stratified train/val/test splits (iterative stratification, Sechidis et al. 2011).
 
 A split is an array holding one of SPLITS per row of the label matrix. The test rows are held
-out first and depend only on (labels, test fraction, seed), so the 3-way split and every
+out first and depend only on (labels, groups, test fraction, seed), so the 3-way split and every
 k-fold split made with the same seed share one test set.
+
+``groups`` (a group label per row, e.g. the near-duplicate groups of hpa.data.duplicates) keeps
+the rows of a group together: the groups are split, stratified by the union of their rows'
+labels, and each row goes where its group goes. Fractions then count groups, not rows. When
+every group is one row the split is the same as without groups.
 """
 
 from __future__ import annotations
@@ -31,27 +36,31 @@ def train_val_test_split(
     labels: np.ndarray,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """Assign each row to "train", "val" or "test", stratified over all 28 classes.
 
     ``fractions`` = (train, val, test); train must be positive, val or test may be 0 to leave
-    that split empty. Test is held out first, then val from the remaining rows.
+    that split empty. Test is held out first, then val from the remaining rows. The rows of one
+    of ``groups`` always share their split.
     """
     labels = _checked_labels(labels)
     train_fraction, val_fraction, test_fraction = _checked_fractions(fractions)
     _check_seed(seed)
+    row_unit, unit_labels = _split_units(labels, groups)
 
-    is_test = _stratified_hold_out(labels, test_fraction, seed)
-    remaining_rows = np.flatnonzero(~is_test)
+    is_test = _stratified_hold_out(unit_labels, test_fraction, seed)
+    remaining_units = np.flatnonzero(~is_test)
     val_share_of_remaining = val_fraction / (train_fraction + val_fraction)
     is_val_among_remaining = _stratified_hold_out(
-        labels[remaining_rows], val_share_of_remaining, seed
+        unit_labels[remaining_units], val_share_of_remaining, seed
     )
 
-    assignment = np.full(len(labels), "train", dtype=_SPLIT_DTYPE)
-    assignment[is_test] = "test"
-    assignment[remaining_rows[is_val_among_remaining]] = "val"
-    _log_sizes(assignment, f"split fractions {tuple(fractions)}, seed {seed}")
+    unit_assignment = np.full(len(unit_labels), "train", dtype=_SPLIT_DTYPE)
+    unit_assignment[is_test] = "test"
+    unit_assignment[remaining_units[is_val_among_remaining]] = "val"
+    assignment = unit_assignment[row_unit]
+    _log_sizes(assignment, f"split fractions {tuple(fractions)}, seed {seed}", len(unit_labels))
     return assignment
 
 
@@ -61,11 +70,13 @@ def kfold_split(
     fold: int,
     test_fraction: float = 0.15,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """Assign rows for fold ``fold`` of a stratified k-fold over the non-test rows.
 
-    The test rows are those of ``train_val_test_split`` with the same seed and test fraction;
-    fold ``fold`` of the rest is "val", the other folds "train".
+    The test rows are those of ``train_val_test_split`` with the same seed, test fraction and
+    groups; fold ``fold`` of the rest is "val", the other folds "train". The rows of one of
+    ``groups`` always share their split.
     """
     labels = _checked_labels(labels)
     if isinstance(num_folds, bool) or not isinstance(num_folds, int | np.integer) or num_folds < 2:
@@ -79,15 +90,19 @@ def kfold_split(
     if not 0.0 <= test_fraction < 1.0:
         raise HPAInputError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     _check_seed(seed)
+    row_unit, unit_labels = _split_units(labels, groups)
 
-    is_test = _stratified_hold_out(labels, test_fraction, seed)
-    remaining_rows = np.flatnonzero(~is_test)
-    fold_of_remaining = _stratified_fold_numbers(labels[remaining_rows], num_folds, seed)
+    is_test = _stratified_hold_out(unit_labels, test_fraction, seed)
+    remaining_units = np.flatnonzero(~is_test)
+    fold_of_remaining = _stratified_fold_numbers(unit_labels[remaining_units], num_folds, seed)
 
-    assignment = np.full(len(labels), "test", dtype=_SPLIT_DTYPE)
-    assignment[remaining_rows] = np.where(fold_of_remaining == fold, "val", "train")
+    unit_assignment = np.full(len(unit_labels), "test", dtype=_SPLIT_DTYPE)
+    unit_assignment[remaining_units] = np.where(fold_of_remaining == fold, "val", "train")
+    assignment = unit_assignment[row_unit]
     _log_sizes(
-        assignment, f"fold {fold} of {num_folds}, test fraction {test_fraction}, seed {seed}"
+        assignment,
+        f"fold {fold} of {num_folds}, test fraction {test_fraction}, seed {seed}",
+        len(unit_labels),
     )
     return assignment
 
@@ -158,6 +173,23 @@ def load_split(path: str | Path, ids: np.ndarray) -> np.ndarray:
     return np.asarray([split_of_id[sample_id] for sample_id in wanted_ids], dtype=_SPLIT_DTYPE)
 
 
+def _split_units(labels: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """What is split: (the unit of each row, the labels of each unit). Without groups a unit is a
+    row; with groups it is a group, numbered in the order of its first row, and labelled with
+    the union of its rows' labels."""
+    if groups is None:
+        return np.arange(len(labels)), labels
+    groups = np.asarray(groups)
+    if groups.shape != (len(labels),):
+        raise ValueError(f"groups needs one entry per row: {groups.shape} for {len(labels)} rows")
+    _, first_rows, row_group = np.unique(groups, return_index=True, return_inverse=True)
+    order_of_first_row = np.argsort(np.argsort(first_rows))
+    row_group = order_of_first_row[row_group]
+    group_labels = np.zeros((len(first_rows), labels.shape[1]), dtype=labels.dtype)
+    np.maximum.at(group_labels, row_group, labels)
+    return row_group, group_labels
+
+
 def _stratified_hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of a multilabel-stratified ``fraction`` of the rows (all False for 0)."""
     if fraction == 0.0:
@@ -225,8 +257,10 @@ def _check_seed(seed: int) -> None:
         raise HPAInputError(f"split seed must be an integer in 0..2**32-1, got {seed!r}")
 
 
-def _log_sizes(assignment: np.ndarray, description: str) -> None:
+def _log_sizes(assignment: np.ndarray, description: str, num_units: int) -> None:
     sizes = ", ".join(f"{name} {int((assignment == name).sum())}" for name in SPLITS)
+    if num_units != len(assignment):
+        description += f", {num_units} groups of duplicates kept together"
     logger.info("split %d rows (%s): %s", len(assignment), description, sizes)
 
 

@@ -11,6 +11,8 @@ A training run (``python -m hpa.train``) writes::
     RUN/test_predictions.csv    Id, one probability column per class, Target
     RUN/test_per_class.csv      precision, recall, F1, support per class
     RUN/skipped_images.csv      Id,file,problem of samples dropped by data.on_bad_image=skip
+    RUN/duplicate_leaks.csv     duplicate pairs per pair of splits, before and after grouping
+    RUN/external.csv            root,Id,status,reason of each image of data.external
     RUN/csv/metrics.csv         the CSV logger's per-step and per-epoch metrics
     RUN/report/                 figures and report.md (hpa.report)
 
@@ -59,6 +61,8 @@ class RunDir:
     TEST_PREDICTIONS = "test_predictions.csv"
     TEST_PER_CLASS = "test_per_class.csv"
     SKIPPED_IMAGES = "skipped_images.csv"
+    LEAK_REPORT = "duplicate_leaks.csv"
+    EXTERNAL_SAMPLES = "external.csv"
     SUBMISSION = "submission.csv"
     PROBABILITIES = "probabilities.csv"
     CSV_LOGGER_DIR = "csv"
@@ -250,6 +254,16 @@ class RunDir:
         """``skipped_images.csv`` (Id, file, problem), when samples were skipped."""
         if skipped is not None and len(skipped):
             write_csv(self.path / self.SKIPPED_IMAGES, skipped)
+
+    def write_leak_report(self, report: pd.DataFrame | None) -> None:
+        """``duplicate_leaks.csv``, when duplicates were looked for (hpa.data.duplicates)."""
+        if report is not None:
+            write_csv(self.path / self.LEAK_REPORT, report)
+
+    def write_external_samples(self, table: pd.DataFrame | None) -> None:
+        """``external.csv`` (root, Id, status, reason), when the run had external data."""
+        if table is not None:
+            write_csv(self.path / self.EXTERNAL_SAMPLES, table)
 
     def write_submission(self, submission: pd.DataFrame, probabilities: pd.DataFrame) -> None:
         write_csv(self.path / self.SUBMISSION, submission)

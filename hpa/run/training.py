@@ -50,6 +50,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("fit")
     datamodule.save_split(run_dir.split_file)
     run_dir.write_skipped_images(datamodule.skipped_images)
+    run_dir.write_leak_report(datamodule.leak_report)
+    run_dir.write_external_samples(datamodule.external_samples)
 
     model = builders.build_module(cfg, datamodule)
     callbacks = builders.build_callbacks(cfg) + epoch_seeding(cfg.get("seed"))
