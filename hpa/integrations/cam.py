@@ -254,7 +254,11 @@ def draw_explanation(
                 f"{CLASS_NAMES[class_id]}\np = {probability:.2f}",
             )
         )
-    figure = Figure(figsize=(PANEL_INCHES * len(panels), PANEL_INCHES + 0.6), dpi=PANEL_DPI)
+    figure = Figure(
+        figsize=(PANEL_INCHES * len(panels), PANEL_INCHES + 0.6),
+        dpi=PANEL_DPI,
+        layout="constrained",
+    )
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for axis, (picture, caption) in zip(axes, panels, strict=True):
         axis.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255)
