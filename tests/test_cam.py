@@ -169,3 +169,11 @@ def test_panel_shows_composite_green_and_one_map_per_class(real_images, tmp_path
 def test_panel_refuses_maps_that_do_not_match_the_classes(real_images):
     with pytest.raises(ValueError, match="expected K maps"):
         draw_explanation(real_images[0], np.zeros((2, SIZE, SIZE)), [0], [0.5])
+
+
+def test_a_torch_batch_gives_the_maps_of_the_numpy_batch(real_images):
+    module = random_module("seed_cnn")
+    from_numpy = class_activation_maps(module, real_images, CLASS_IDS)
+    from_torch = class_activation_maps(module, torch.from_numpy(real_images), CLASS_IDS)
+    for numpy_result, torch_result in zip(from_numpy, from_torch, strict=True):
+        np.testing.assert_array_equal(numpy_result, torch_result)
