@@ -166,3 +166,18 @@ def test_members_with_different_test_splits_are_refused(trained_run: Path, tmp_p
     assert result.returncode == 2, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "test split" in output and "other_run" in output and "Traceback" not in output
+
+
+def test_eval_takes_the_trainer_group_of_training(trained_run: Path, tmp_path: Path):
+    """`trainer=...` overrides reach eval's Trainer: bf16 autocast on the CPU here."""
+    checkpoint = trained_run / "checkpoints" / "best.ckpt"
+    plain = evaluate(tmp_path / "fp32", f"ckpt_path={checkpoint}")
+    bf16 = evaluate(tmp_path / "bf16", f"ckpt_path={checkpoint}", "trainer=cpu",
+                    "trainer.precision=bf16-mixed")  # fmt: skip
+    assert plain.returncode == 0 and bf16.returncode == 0, bf16.stderr[-3000:]
+    assert "bfloat16" in bf16.stdout + bf16.stderr
+    assert "bfloat16" not in plain.stdout + plain.stderr
+    fp32 = json.loads((tmp_path / "fp32" / "metrics.json").read_text())
+    mixed = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
+    assert mixed[TEST_LOSS] == pytest.approx(fp32[TEST_LOSS], rel=0.05)  # bf16, not another model
+    assert mixed[TEST_LOSS] != fp32[TEST_LOSS]

@@ -9,10 +9,13 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from cli import REPO, SMALL_SYNTHETIC_SET, run_module
 
-from hpa.data.reader import tint
-from hpa.labels import CHANNELS, CLASS_NAMES, parse_target
+from hpa.data.reader import read_sample, tint
+from hpa.evaluation.thresholds import binarize
+from hpa.labels import CHANNELS, CLASS_NAMES, format_target, parse_target
+from hpa.run.checkpoints import load_module
 
 SHARED = REPO.parent / "shared" / "data" / "hpa2018"
 
@@ -135,3 +138,22 @@ def test_predicts_a_folder_of_hpas_tinted_jpgs(trained, real_channels_dir: Path,
     assert list(submission["Id"]) == sorted(ids)
     assert all(parse_target(value).sum() >= 1 for value in submission["Predicted"])
     assert probabilities[list(CLASS_NAMES)].notna().all().all()
+
+
+def test_the_submission_is_the_checkpoints_decisions_on_every_test_image(trained, tmp_path: Path):
+    """Trainer.predict with its writer gives, row for row, what the loaded model computes on
+    each test image by hand, decided by the one decision rule at its stored thresholds."""
+    checkpoint, data_root = trained
+    assert predict(checkpoint, data_root, tmp_path).returncode == 0
+    submission, probabilities = read_output(tmp_path)
+
+    model = load_module(checkpoint).eval()
+    ids = submission["Id"].tolist()
+    images = torch.from_numpy(
+        np.stack([read_sample(data_root / "test", sample_id, 64) for sample_id in ids])
+    )
+    with torch.inference_mode():
+        expected = model.probabilities(images).numpy()
+    np.testing.assert_allclose(probabilities[list(CLASS_NAMES)], expected, atol=1e-5)
+    decisions = binarize(expected, model.class_thresholds.numpy(), model.hparams.ensure_one_label)
+    assert submission["Predicted"].tolist() == [format_target(row) for row in decisions]

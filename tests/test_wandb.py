@@ -130,3 +130,27 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path: Path, monkeypatch):
     assert before.values("epoch")[-1] < after.values("epoch")[-1]
     assert validation_steps(before) and validation_steps(after)
     assert min(validation_steps(after)) > max(validation_steps(before))
+
+
+def test_runs_that_differ_only_in_their_seed_share_a_wandb_group(tmp_path: Path):
+    """The default W&B group is the label `hpa.compare --group-seeds` groups runs by."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from hpa.evaluation.comparison import run_label
+    from hpa.integrations.wandb_logging import seedless_run_label, wandb_logger
+    from hpa.run.entry import CONFIG_DIR
+
+    labels = []
+    for seed in (0, 1):
+        overrides = [f"seed={seed}", "optimizer.lr=0.01", "logger=wandb"]
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        labels.append(seedless_run_label("train"))
+        compared = run_label({"task_name": "train"}, overrides, with_seed=False)
+        assert labels[-1] == compared == "train optimizer.lr=0.01 logger=wandb"
+    assert labels[0] == labels[1]
+    assert cfg.wandb_group is None  # the logger derives the group
+    logger = wandb_logger(offline=True, job_type="train", save_dir=str(tmp_path))
+    assert logger._wandb_init["group"] == labels[0]  # what wandb.init will get

@@ -24,6 +24,7 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
 
 from hpa.evaluation import metrics
+from hpa.evaluation.comparison import run_label
 from hpa.labels import CLASS_NAMES, NUM_CLASSES
 from hpa.plots.rgby import class_names_of, rgby_composite
 
@@ -43,19 +44,38 @@ def has_wandb_credentials() -> bool:
         return False
 
 
-def wandb_logger(offline: bool = False, **kwargs) -> WandbLogger:
+def wandb_logger(offline: bool = False, group: str | None = None, **kwargs) -> WandbLogger:
     """A Lightning ``WandbLogger`` that never blocks on a login prompt: without credentials (or
     with ``WANDB_MODE=offline``) it logs offline. A run left open by an earlier job of the same
-    process (one that failed) is closed first, so the logger starts a run of its own."""
+    process (one that failed) is closed first, so the logger starts a run of its own.
+
+    Without a ``group``, runs that differ only in their seed share one: the label
+    ``hpa.compare --group-seeds`` gives them, so the dashboard groups (and averages) the same runs.
+    """
     import wandb
 
+    if group is None:
+        group = seedless_run_label(kwargs.get("job_type"))
     if wandb.run is not None:
         wandb.run.finish(exit_code=1)
     offline = offline or os.environ.get("WANDB_MODE") in ("offline", "dryrun")
     if not offline and not has_wandb_credentials():
         log.warning("no W&B credentials (WANDB_API_KEY or `wandb login`): logging offline")
         offline = True
-    return WandbLogger(offline=offline, **kwargs)
+    return WandbLogger(offline=offline, group=group, **kwargs)
+
+
+def seedless_run_label(task_name: str | None) -> str | None:
+    """This Hydra job's run label without its seed (``hpa.evaluation.comparison.run_label``);
+    None outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_config = HydraConfig.get()
+    choices = {str(k): str(v) for k, v in hydra_config.runtime.choices.items()}
+    overrides = list(hydra_config.overrides.task)
+    return run_label({"task_name": task_name or "run"}, overrides, choices, with_seed=False)
 
 
 def wandb_runs(loggers: Iterable[Logger]) -> list:
