@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hpa.cli import argument_parser, log_to_stderr
 from hpa.evaluation.comparison import FORMATS, CompareError, compare_runs, group_seeds, render
 from hpa.evaluation.metrics import VAL_F1_MACRO
 from hpa.io import write_atomic
@@ -27,12 +28,7 @@ EXAMPLES = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hpa-compare",
-        description="Compare finished hpa training runs.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argument_parser("hpa-compare", "Compare finished hpa training runs.", EXAMPLES)
     parser.add_argument("paths", nargs="+", help="run directories, multirun folders or folders")
     parser.add_argument("--sort", default=VAL_F1_MACRO, help=f"column to sort by ({VAL_F1_MACRO})")
     parser.add_argument("--ascending", action="store_true", help="sort ascending")
@@ -49,8 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; returns the exit code (0, or 2 for a missing path / no runs / bad column)."""
     args = _parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     table = group_seeds if args.group_seeds else compare_runs
     try:
         frame = table(args.paths, sort_by=args.sort, ascending=args.ascending)

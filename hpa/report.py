@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from hpa.cli import argument_parser, log_to_stderr
 from hpa.errors import exit_on_input_error
 from hpa.evaluation.run_report import write_report
 
@@ -18,17 +17,13 @@ EXAMPLES = """examples:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hpa-report",
-        description="Draw the figures of a finished hpa run into RUN_DIR/report/.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = argument_parser(
+        "hpa-report", "Draw the figures of a finished hpa run into RUN_DIR/report/.", EXAMPLES
     )
     parser.add_argument("run_dir", type=Path, help="a run directory (with metrics.json)")
     parser.add_argument("--data-root", type=Path, help="data root (default: the run's data.root)")
     args = parser.parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     with exit_on_input_error():
         write_report(args.run_dir, args.data_root)
     return 0

@@ -9,12 +9,12 @@ they are cached. The overrides are those of ``hpa-train`` (``experiment=...`` wo
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 
 from hydra import compose, initialize_config_dir
 
+from hpa.cli import argument_parser, log_to_stderr
 from hpa.errors import exit_on_input_error
 from hpa.models.backbones import SEED_CNN_NAME
 from hpa.models.pretrained import cached_weights, fetch_weights
@@ -36,17 +36,13 @@ def model_name(overrides: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hpa-weights",
-        description="Fetch or check the pretrained timm weights of a model.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = argument_parser(
+        "hpa-weights", "Fetch or check the pretrained timm weights of a model.", EXAMPLES
     )
     parser.add_argument("action", choices=("fetch", "check"))
     parser.add_argument("overrides", nargs="*", help="hpa-train overrides choosing the model")
     args = parser.parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     with exit_on_input_error():
         name = model_name(args.overrides)
         if name == SEED_CNN_NAME:

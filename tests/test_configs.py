@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli import run_module
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
@@ -103,3 +104,20 @@ def test_any_timm_model_by_name(tmp_path: Path):
 def test_seed_zero_is_kept_and_null_is_allowed(tmp_path: Path):
     assert resolved(compose_train(["seed=0"], tmp_path))["data"]["split_seed"] == 0
     assert resolved(compose_train(["seed=null"], tmp_path))["seed"] is None
+
+
+@pytest.mark.parametrize(
+    "module,usage,absent",
+    [
+        ("hpa.train", "Usage: hpa-train", None),
+        ("hpa.eval", "Usage: hpa-eval ckpt_path=", "augment"),
+        ("hpa.predict", "Usage: hpa-predict ckpt_path=", "augment"),
+    ],
+)
+def test_each_entry_point_has_its_own_help(module: str, usage: str, absent: str | None):
+    result = run_module(module, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert usage in result.stdout and "Examples:" in result.stdout
+    assert "trainer:" in result.stdout
+    if absent:  # lists only the groups this entry point accepts
+        assert absent not in result.stdout

@@ -71,6 +71,11 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.checkpoint_dir = self.path / CHECKPOINT_DIR
+        self.best_checkpoint = self.path / self.BEST_CHECKPOINT
+        self.last_checkpoint = self.path / self.LAST_CHECKPOINT
+        self.split_file = self.path / self.SPLIT
+        self.report_dir = self.path / self.REPORT_DIR
 
     @classmethod
     def of_checkpoint(cls, checkpoint_path: str | Path) -> RunDir:
@@ -102,28 +107,8 @@ class RunDir:
         return (self.path / self.METRICS).is_file()
 
     # ----------------------------------------------------------------------------------------
-    # paths
+    # paths (the fixed ones are attributes: checkpoint_dir, best_checkpoint, ...)
     # ----------------------------------------------------------------------------------------
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.path / CHECKPOINT_DIR
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.path / self.BEST_CHECKPOINT
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.path / self.LAST_CHECKPOINT
-
-    @property
-    def split_file(self) -> Path:
-        return self.path / self.SPLIT
-
-    @property
-    def report_dir(self) -> Path:
-        return self.path / self.REPORT_DIR
 
     def metrics_csv(self) -> Path | None:
         """The CSV logger's metrics.csv (``csv/metrics.csv`` by default, else any in the run)."""
