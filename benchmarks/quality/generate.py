@@ -74,7 +74,11 @@ def ensure_independent_set(
     if _existing_manifest(root) == manifest and (root / "train.csv").is_file():
         log.info("using the existing independent set in %s", root)
         return root
-    if root.exists() and any(root.iterdir()) and _existing_manifest(root) is None:
+    if (
+        root.exists()
+        and (not root.is_dir() or any(root.iterdir()))
+        and not _existing_manifest(root)
+    ):
         raise HPAInputError(
             f"{root} is not empty and holds no {MANIFEST_NAME}: refusing to replace it"
         )

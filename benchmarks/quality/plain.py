@@ -58,6 +58,8 @@ def load_splits(root: Path, split_file: Path, image_size: int) -> dict[str, tupl
 
 
 def train_plain(splits: dict, seed: int, options: PlainOptions, path: Path | None = None) -> Record:
+    """Train on ``splits`` (``load_splits``); the Record of every epoch, also saved to ``path``
+    after each epoch when given."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = timm.create_model(
@@ -70,11 +72,9 @@ def train_plain(splits: dict, seed: int, options: PlainOptions, path: Path | Non
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, options.epochs)
     criterion = torch.nn.BCEWithLogitsLoss()
-    (train_x, train_y, _), (val_x, val_y, val_ids), (test_x, test_y, test_ids) = (
-        splits["train"],
-        splits["val"],
-        splits["test"],
-    )
+    train_x, train_y, _ = splits["train"]
+    val_x, val_y, val_ids = splits["val"]
+    test_x, test_y, test_ids = splits["test"]
     mean, std = torch.zeros(1, 4, 1, 1), torch.ones(1, 4, 1, 1)
     if options.normalize:
         pixels = train_x.float().div(255).transpose(0, 1).reshape(4, -1)
