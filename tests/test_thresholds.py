@@ -12,10 +12,18 @@ from sklearn.metrics import f1_score
 from hpa.errors import HPAInputError
 from hpa.evaluation.thresholds import (
     DEFAULT_CANDIDATES,
+    POLICIES,
+    average_thresholds,
     binarize,
+    decision_thresholds,
+    global_threshold,
     load_thresholds,
+    min_positives_thresholds,
+    policy_parameters,
+    rate_matched_thresholds,
     save_thresholds,
     search_thresholds,
+    shrunk_thresholds,
 )
 from hpa.labels import NUM_CLASSES
 
@@ -206,3 +214,118 @@ def test_load_missing_file_and_save_invalid(tmp_path):
     with pytest.raises(HPAInputError):
         save_thresholds(tmp_path / "t.json", np.full(3, 0.5))
     assert not (tmp_path / "t.json").exists()
+
+
+def _two_class_case() -> tuple[np.ndarray, np.ndarray]:
+    """Four rows; the other 26 classes have no positives.
+
+    Class 0: negatives 0.1, positives 0.3 -> its own best band [0.1, 0.3), tuned 0.29.
+    Class 1: negatives 0.6, positives 0.8 -> its own best band [0.6, 0.8), tuned 0.6.
+    One threshold for all: in [0.1, 0.3) class 0 scores 1 and class 1 (all four predicted) 2/3;
+    in [0.3, 0.6) 0 and 2/3; in [0.6, 0.8) 0 and 1; so the global threshold is 0.29.
+    """
+    probabilities = np.full((4, NUM_CLASSES), 0.05)
+    targets = np.zeros((4, NUM_CLASSES), dtype=np.uint8)
+    probabilities[:, 0] = [0.1, 0.1, 0.3, 0.3]
+    probabilities[:, 1] = [0.6, 0.6, 0.8, 0.8]
+    targets[:, 0] = targets[:, 1] = [0, 0, 1, 1]
+    return probabilities, targets
+
+
+def test_global_threshold_is_the_best_single_value_for_macro_f1():
+    probabilities, targets = _two_class_case()
+    assert global_threshold(probabilities, targets) == pytest.approx(0.29)
+    tuned = search_thresholds(probabilities, targets)
+    assert tuned[:2] == pytest.approx([0.29, 0.6])
+
+
+def test_shrunk_thresholds_follow_the_documented_weight():
+    probabilities, targets = _two_class_case()
+    # Both classes have 2 positives: with h = 2 the weight is 2 / (2 + 2) = 1/2.
+    shrunk = shrunk_thresholds(probabilities, targets, half_weight_positives=2)
+    assert shrunk[0] == pytest.approx(0.29)  # own = global
+    assert shrunk[1] == pytest.approx(0.5 * 0.6 + 0.5 * 0.29)
+    np.testing.assert_allclose(shrunk[2:], 0.29)  # no positives: the global threshold
+    # h = 6: weight 2 / 8 = 1/4.
+    assert shrunk_thresholds(probabilities, targets, 6)[1] == pytest.approx(
+        0.25 * 0.6 + 0.75 * 0.29
+    )
+    with pytest.raises(ValueError):
+        shrunk_thresholds(probabilities, targets, half_weight_positives=0)
+
+
+def test_min_positives_gives_rare_classes_the_global_threshold():
+    probabilities, targets = _two_class_case()
+    np.testing.assert_allclose(min_positives_thresholds(probabilities, targets, 3), 0.29)
+    enough = min_positives_thresholds(probabilities, targets, 2)
+    assert enough[1] == pytest.approx(0.6)
+    np.testing.assert_allclose(np.delete(enough, 1), 0.29)
+
+
+def test_rate_matching_predicts_the_train_rate_of_each_class():
+    probabilities = np.tile(np.linspace(0.1, 1.0, 10)[:, None], (1, NUM_CLASSES))
+    rates = np.full(NUM_CLASSES, 0.3)
+    rates[1], rates[2], rates[3], rates[4] = 0.0, 1.0, 0.04, 0.06  # 0, 10, 0.4 -> 0, 0.6 -> 1 rows
+    thresholds = rate_matched_thresholds(probabilities, rates)
+    assert thresholds[0] == pytest.approx(0.75)  # 3 rows above: 0.8, 0.9, 1.0
+    assert thresholds[1] == pytest.approx(1.0)  # none (strictly above the largest)
+    assert 0 <= thresholds[2] < 0.1  # all ten
+    predicted = binarize(probabilities, thresholds, ensure_one_label=False).sum(axis=0)
+    assert predicted[:5].tolist() == [3, 0, 10, 0, 1]
+    assert np.all(predicted[5:] == 3)
+    # Ties: rows of one probability stay together.
+    tied = probabilities.copy()
+    tied[:, 0] = [0.2] * 5 + [0.9] * 5
+    assert binarize(tied, rate_matched_thresholds(tied, rates), False)[:, 0].sum() == 5
+    with pytest.raises(ValueError):
+        rate_matched_thresholds(probabilities, np.full(NUM_CLASSES, 1.5))
+
+
+def test_average_thresholds_is_the_class_wise_mean():
+    first, second = np.full(NUM_CLASSES, 0.2), np.linspace(0.1, 0.9, NUM_CLASSES)
+    np.testing.assert_allclose(average_thresholds([first, second]), (first + second) / 2)
+    np.testing.assert_array_equal(average_thresholds([second]), second)
+    with pytest.raises(ValueError):
+        average_thresholds([])
+    with pytest.raises(ValueError):
+        average_thresholds([np.full(5, 0.5)])
+
+
+def test_decision_thresholds_dispatches_each_policy():
+    rng = np.random.default_rng(4)
+    probabilities, targets, _ = _separable(rng, n=100)
+    rates = np.linspace(0.01, 0.5, NUM_CLASSES)
+    assert POLICIES == ("fixed", "tuned", "rate", "shrunk", "min_positives")
+    np.testing.assert_array_equal(
+        decision_thresholds("fixed", probabilities, targets, threshold=0.4),
+        np.full(NUM_CLASSES, 0.4),
+    )
+    targets[:, 3] = 0  # a class without positives falls back to `threshold`, as hpa.train does
+    tuned = decision_thresholds("tuned", probabilities, targets, threshold=0.45)
+    np.testing.assert_array_equal(tuned, search_thresholds(probabilities, targets, fallback=0.45))
+    assert tuned[3] == 0.45
+    np.testing.assert_array_equal(
+        decision_thresholds("rate", probabilities, targets, rates),
+        rate_matched_thresholds(probabilities, rates),
+    )
+    np.testing.assert_array_equal(
+        decision_thresholds("shrunk", probabilities, targets, half_weight_positives=3),
+        shrunk_thresholds(probabilities, targets, 3),
+    )
+    np.testing.assert_array_equal(
+        decision_thresholds("min_positives", probabilities, targets, min_positives=40),
+        min_positives_thresholds(probabilities, targets, 40),
+    )
+    assert policy_parameters("shrunk") == ("half_weight_positives", "candidates")
+
+
+def test_decision_thresholds_rejects_unknown_policies_and_parameters():
+    probabilities, targets = _two_class_case()
+    with pytest.raises(HPAInputError, match="unknown threshold policy 'best'.*fixed, tuned"):
+        decision_thresholds("best", probabilities, targets)
+    with pytest.raises(HPAInputError, match="'rate' takes no parameters, not threshold"):
+        decision_thresholds("rate", probabilities, targets, np.zeros(NUM_CLASSES), threshold=0.5)
+    with pytest.raises(HPAInputError, match="min_positives, candidates, not minimum"):
+        decision_thresholds("min_positives", probabilities, targets, minimum=3)
+    with pytest.raises(ValueError, match="needs train_label_rate"):
+        decision_thresholds("rate", probabilities, targets)

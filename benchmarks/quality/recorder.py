@@ -1,0 +1,71 @@
+"""A Lightning callback that records, after each validation epoch of ``fit`` (not the sanity
+check, not a later ``validate``), the model's probabilities on the val and test splits and its
+loss on val, into a ``Record`` file rewritten after every epoch. For an ``hpa.train`` run::
+
+    +callbacks.quality_recorder._target_=benchmarks.quality.recorder.EpochPredictions
+    +callbacks.quality_recorder.path=RECORD.npz
+
+Single-device runs only: each process would record its own rows under DDP.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.trainer.states import TrainerFn
+from torch.utils.data import DataLoader
+
+from benchmarks.quality.record import Record
+from hpa.data.dataset import collate_samples
+
+
+class EpochPredictions(pl.Callback):
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.record: Record | None = None
+        self.started = 0.0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datasets = trainer.datamodule.datasets
+        self.started = time.perf_counter()
+        self.record = Record(
+            val_targets=datasets["val"].labels,
+            test_targets=datasets["test"].labels,
+            train_label_rate=datasets["train"].labels.mean(axis=0),
+            meta={
+                "val_ids": datasets["val"].ids.tolist(),
+                "test_ids": datasets["test"].ids.tolist(),
+            },
+        )
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        datasets = trainer.datamodule.datasets
+        val_probabilities, val_loss = self._predict(pl_module, datasets["val"])
+        test_probabilities, _ = self._predict(pl_module, datasets["test"])
+        elapsed = time.perf_counter() - self.started
+        self.record.add_epoch(
+            trainer.current_epoch, elapsed, val_loss, val_probabilities, test_probabilities
+        )
+        self.record.save(self.path)
+
+    @staticmethod
+    def _predict(pl_module: pl.LightningModule, dataset) -> tuple[np.ndarray, float]:
+        """Probabilities (N, 28) in dataset order, and the mean loss of the module's criterion."""
+        probabilities, loss_sum = [], 0.0
+        loader = DataLoader(dataset, batch_size=64, collate_fn=collate_samples)
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            for batch in loader:
+                logits = pl_module(batch["image"].to(pl_module.device))
+                target = batch["target"].to(pl_module.device)
+                loss_sum += float(pl_module.criterion(logits, target)) * len(target)
+                probabilities.append(torch.sigmoid(logits).float().cpu().numpy())
+        pl_module.train(was_training)
+        return np.concatenate(probabilities), loss_sum / len(dataset)

@@ -1,0 +1,194 @@
+"""Run the quality benchmark: datasets x variants x seeds x epoch budgets, one subprocess per
+run, each leaving one Record (every epoch's val/test probabilities) in a cache that makes the
+driver resumable and the tables (``report``) re-makeable without retraining.
+
+    python -m benchmarks.quality.run --out logs/quality --variants plain,hpa,hpa_flips \\
+        --seeds 0,1,2 --epochs 12,40 [--datasets hpa_synthetic,independent] [--n 900]
+
+Layout under OUT: data/{dataset}-n{N}-s{SIZE}/ (the images), data/...-split.csv (one split per
+dataset: hpa's train_val_test_split, seed 0), runs/{key}/ (each run's folder and log) and
+records/{key}.npz, key = {dataset}-n{N}-s{SIZE}/px{IMAGE_SIZE}/{variant}/seed{S}-epochs{E}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import REPO
+from benchmarks.quality.generate import ensure_independent_set
+from benchmarks.quality.record import RECORD_SUFFIX, RunKey, record_path
+from benchmarks.quality.report import print_report
+from hpa.data.reader import read_labels_csv
+from hpa.data.split import save_split, train_val_test_split
+from hpa.data.synthetic import ensure_dataset
+
+log = logging.getLogger(__name__)
+
+HPA = ("-m", "hpa.train")
+PLAIN = ("-m", "benchmarks.quality.plain")
+_WEAK_AFFINE = (
+    "augment.affine.translate_percent=[-0.03,0.03]",
+    "augment.affine.scale=[0.95,1.05]",
+    "augment.affine.rotate=[-15,15]",
+)
+_NO_NORMALIZE = ("data.normalize.mean=[0,0,0,0]", "data.normalize.std=[1,1,1,1]")
+VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # name: (program, its arguments): plain.py flags or hpa.train overrides
+    "plain": (PLAIN, ()),
+    "plain_norm": (PLAIN, ("--normalize",)),
+    "plain_cosine": (PLAIN, ("--cosine",)),
+    "plain_d4": (PLAIN, ("--dihedral",)),
+    "plain_channels_last": (PLAIN, ("--channels-last",)),
+    "plain_drop": (PLAIN, ("--drop-rate", "0.2")),
+    "hpa": (HPA, ()),
+    "hpa_flips": (HPA, ("augment=flips",)),
+    "hpa_noaug": (HPA, ("augment=none",)),
+    "hpa_no_dihedral": (HPA, ("~augment.dihedral",)),
+    "hpa_no_affine": (HPA, ("~augment.affine",)),
+    "hpa_no_brightness": (HPA, ("~augment.brightness_contrast",)),
+    "hpa_weak_affine": (HPA, _WEAK_AFFINE),
+    "hpa_no_norm": (HPA, _NO_NORMALIZE),
+    "hpa_no_scheduler": (HPA, ("scheduler=none",)),
+    "hpa_contiguous": (HPA, ("model.channels_last=false",)),
+    "hpa_drop": (HPA, ("model.drop_rate=0.2",)),
+    "hpa_oversample": (HPA, ("data.oversample=true",)),
+    "hpa_no_early_stop": (HPA, ("callbacks.early_stopping=null",)),
+    "hpa_focal": (HPA, ("loss=focal",)),
+    "hpa_oversample_focal": (HPA, ("data.oversample=true", "loss=focal")),
+    # every ingredient of the plain loop at once: what is left is the framework itself
+    "hpa_as_plain": (
+        HPA,
+        (
+            "augment=flips",
+            *_NO_NORMALIZE,
+            "scheduler=none",
+            "model.channels_last=false",
+            "callbacks.early_stopping=null",
+        ),
+    ),
+}
+DATASETS = ("hpa_synthetic", "independent")
+
+
+def prepare_dataset(out: Path, name: str, num_images: int, size: int) -> tuple[str, Path, Path]:
+    """(dataset key, data root, split file), made once."""
+    key = f"{name}-n{num_images}-s{size}"
+    root = out / "data" / key
+    if name == "hpa_synthetic":
+        ensure_dataset(root, num_images=num_images, image_size=size, seed=0)
+    else:
+        ensure_independent_set(root, num_images, size, seed=0)
+    split = out / "data" / f"{key}-split.csv"
+    if not split.is_file():
+        ids, labels = read_labels_csv(root / "train.csv")
+        save_split(split, ids, train_val_test_split(labels, (0.7, 0.15, 0.15), seed=0))
+    return key, root, split
+
+
+def run_command(key: RunKey, root: Path, split: Path, run_dir: Path) -> list[str]:
+    program, arguments = VARIANTS[key.variant]
+    partial = run_dir / f"record{RECORD_SUFFIX}"
+    if program == PLAIN:
+        common = [
+            str(root),
+            str(split),
+            str(partial),
+            f"--seed={key.seed}",
+            f"--epochs={key.epochs}",
+            f"--image-size={key.image_size}",
+        ]
+    else:
+        common = [
+            "data=hpa",
+            f"data.root={root}",
+            f"data.split_file={split}",
+            f"data.image_size={key.image_size}",
+            "model=resnet18",
+            f"trainer.max_epochs={key.epochs}",
+            f"seed={key.seed}",
+            f"hydra.run.dir={run_dir}",
+            "report=false",
+            "+trainer.enable_progress_bar=false",
+            "+callbacks.quality_recorder._target_=benchmarks.quality.recorder.EpochPredictions",
+            f"+callbacks.quality_recorder.path={partial}",
+        ]
+    return [sys.executable, *program, *common, *arguments]
+
+
+def run_one(out: Path, key: RunKey, root: Path, split: Path) -> bool:
+    """Train one run unless its record exists; True when the record is there afterwards."""
+    final = record_path(out, key)
+    if final.is_file():
+        return True
+    run_dir = out / "runs" / key.name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    command = run_command(key, root, split, run_dir)
+    log.info("run %s", key.name)
+    started = time.perf_counter()
+    with (run_dir / "run.log").open("w") as log_file:
+        log_file.write(" ".join(command) + "\n\n")
+        log_file.flush()
+        result = subprocess.run(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # ~90 MB a run; the record stays
+    if result.returncode != 0:
+        tail = (run_dir / "run.log").read_text().splitlines()[-15:]
+        log.error("%s failed (exit %d):\n%s", key.name, result.returncode, "\n".join(tail))
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / f"record{RECORD_SUFFIX}").rename(final)
+    log.info("%s done in %.0f s", key.name, time.perf_counter() - started)
+    return True
+
+
+def _list(text: str, kind=str) -> list:
+    return [kind(item) for item in text.split(",") if item]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "logs" / "quality")
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--variants", default="plain,hpa", help=f"of: {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", default="12,40", help="epoch budgets")
+    parser.add_argument("--n", type=int, default=900, help="images per dataset")
+    parser.add_argument("--size", type=int, default=256, help="side of the generated images")
+    parser.add_argument("--image-size", type=int, default=128, help="side the models see")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs still to do")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    variants, datasets = _list(args.variants), _list(args.datasets)
+    unknown = sorted(set(variants) - set(VARIANTS)) + sorted(set(datasets) - set(DATASETS))
+    if unknown:
+        parser.error(f"unknown variants or datasets: {', '.join(unknown)}")
+    out = args.out.resolve()
+    prepared = [prepare_dataset(out, name, args.n, args.size) for name in datasets]
+    failed = []
+    for epochs in _list(args.epochs, int):
+        for seed in _list(args.seeds, int):
+            for dataset, root, split in prepared:
+                for variant in variants:
+                    key = RunKey(dataset, args.image_size, variant, seed, epochs)
+                    if args.dry_run:
+                        done = record_path(out, key).is_file()
+                        print(("done  " if done else "to do ") + key.name)
+                    elif not run_one(out, key, root, split):
+                        failed.append(key.name)
+    if failed:
+        log.error("%d run(s) failed: %s", len(failed), ", ".join(failed))
+    if not args.dry_run:
+        print_report(out)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
