@@ -329,3 +329,13 @@ def test_decision_thresholds_rejects_unknown_policies_and_parameters():
         decision_thresholds("min_positives", probabilities, targets, minimum=3)
     with pytest.raises(ValueError, match="needs train_label_rate"):
         decision_thresholds("rate", probabilities, targets)
+
+
+def test_an_unknown_policy_or_parameter_is_refused_before_training():
+    from hpa.models.module import HPAModule
+
+    with pytest.raises(HPAInputError, match="unknown threshold policy"):
+        HPAModule("seed_cnn", thresholds="best")
+    with pytest.raises(HPAInputError, match="min_positives"):
+        HPAModule("seed_cnn", thresholds="min_positives", threshold_params={"minimum": 3})
+    HPAModule("seed_cnn", thresholds="shrunk", threshold_params={"half_weight_positives": 4})

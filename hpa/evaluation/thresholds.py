@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +250,18 @@ def policy_parameters(policy: str) -> tuple[str, ...]:
     return tuple(names[3:])  # after probabilities, targets, train_label_rate
 
 
+def check_policy(policy: str, params: Mapping | None = None) -> None:
+    """HPAInputError for an unknown policy or a parameter it does not take: a config is checked
+    before training, not after it."""
+    accepted = policy_parameters(policy)
+    unknown = sorted(set(params or {}) - set(accepted))
+    if unknown:
+        raise HPAInputError(
+            f"threshold policy {policy!r} takes {', '.join(accepted) or 'no parameters'}, "
+            f"not {', '.join(unknown)}"
+        )
+
+
 def decision_thresholds(
     policy: str,
     val_probabilities: np.ndarray,
@@ -266,13 +278,7 @@ def decision_thresholds(
     ``min_positives_thresholds`` (``min_positives``). ``candidates`` sets the grid of the
     searching policies. HPAInputError for an unknown policy or parameter.
     """
-    accepted = policy_parameters(policy)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise HPAInputError(
-            f"threshold policy {policy!r} takes {', '.join(accepted) or 'no parameters'}, "
-            f"not {', '.join(unknown)}"
-        )
+    check_policy(policy, params)
     probabilities = np.asarray(val_probabilities, dtype=np.float64)
     targets = np.asarray(val_targets)
     _check_predictions(probabilities, targets)

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 
 from hpa.evaluation import metrics
-from hpa.evaluation.thresholds import binarize
+from hpa.evaluation.thresholds import binarize, check_policy
 from hpa.evaluation.tta import check_tta_options, predict_with_tta
 from hpa.labels import NUM_CLASSES
 from hpa.models.backbones import create_backbone
@@ -47,6 +47,7 @@ class HPAModule(pl.LightningModule):
         channels_last: bool = False,
         threshold: float = 0.5,
         thresholds: str = "fixed",
+        threshold_params: Mapping | None = None,
         ensure_one_label: bool = True,
         loss: Mapping | None = None,
         optimizer: Mapping | None = None,
@@ -60,6 +61,7 @@ class HPAModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         check_tta_options(tta, tta_reduce)
+        check_policy(thresholds, threshold_params)
         self.save_hyperparameters()
         self.backbone = create_backbone(
             name,

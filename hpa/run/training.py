@@ -15,7 +15,7 @@ from hpa.data.datamodule import HPADataModule
 from hpa.data.epoch_seeding import epoch_seeding
 from hpa.evaluation import metrics, run_report
 from hpa.evaluation.predictions import write_test_artifacts
-from hpa.evaluation.thresholds import search_thresholds
+from hpa.evaluation.thresholds import decision_thresholds, policy_parameters
 from hpa.integrations.wandb_logging import finish_wandb_runs
 from hpa.labels import NUM_CLASSES
 from hpa.models.module import HPAModule
@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     final_metrics = {}
     for result in trainer.validate(model, datamodule=datamodule, ckpt_path=best_path):
         final_metrics.update(result)
-    thresholds = _decision_thresholds(cfg, trainer, model, datamodule, best_path)
+    thresholds = _decision_thresholds(trainer, model, datamodule, best_path)
     run_dir.write_thresholds(thresholds)
     if best_path:
         store_thresholds_in_checkpoint(best_path, thresholds)
@@ -89,24 +89,35 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _decision_thresholds(
-    cfg: DictConfig,
     trainer: pl.Trainer,
     model: HPAModule,
     datamodule: HPADataModule,
     best_path: str | None,
 ) -> np.ndarray:
-    """One threshold per class: tuned on the validation predictions of the best checkpoint
-    (``model.thresholds=tuned``) or ``model.threshold`` for every class (``fixed``)."""
-    fixed = np.full(NUM_CLASSES, float(model.hparams.threshold))
-    if cfg.model.get("thresholds", "fixed") != "tuned":
-        return fixed
+    """One threshold per class, chosen by the policy ``model.thresholds`` (with
+    ``model.threshold_params``) on the validation predictions of the best checkpoint
+    (``hpa.evaluation.thresholds.decision_thresholds``)."""
+    policy = model.hparams.thresholds
+    params = dict(model.hparams.threshold_params or {})
+    if "threshold" in policy_parameters(policy):
+        params.setdefault("threshold", float(model.hparams.threshold))
+    if policy == "fixed":
+        return decision_thresholds(policy, *_no_predictions(), **params)
     batches = trainer.predict(model, dataloaders=datamodule.val_dataloader(), ckpt_path=best_path)
     # under DDP each rank predicted its own rows: gather all of them, in dataset order
     probabilities = gather_in_dataset_order(trainer.strategy, torch.cat(batches)).float().numpy()
     targets = datamodule.datasets["val"].labels[: len(probabilities)]
-    thresholds = search_thresholds(probabilities, targets, fallback=model.hparams.threshold)
-    log.info("tuned thresholds on %d val images: %s", len(probabilities), np.round(thresholds, 2))
+    train_label_rate = datamodule.datasets["train"].labels.mean(axis=0)
+    thresholds = decision_thresholds(policy, probabilities, targets, train_label_rate, **params)
+    log.info(
+        "%s thresholds from %d val images: %s", policy, len(probabilities), np.round(thresholds, 2)
+    )
     return thresholds
+
+
+def _no_predictions() -> tuple[np.ndarray, np.ndarray]:
+    empty = np.zeros((0, NUM_CLASSES))
+    return empty, empty
 
 
 def _best_checkpoint_path(trainer: pl.Trainer) -> str | None:
