@@ -20,6 +20,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.rank_zero import rank_zero_only
+from omegaconf import OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
 
@@ -27,6 +28,7 @@ from hpa.evaluation import metrics
 from hpa.evaluation.comparison import run_label
 from hpa.labels import CLASS_NAMES, NUM_CLASSES
 from hpa.plots.rgby import class_names_of, rgby_composite
+from hpa.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,10 @@ def seedless_run_label(task_name: str | None) -> str | None:
         return None
     hydra_config = HydraConfig.get()
     choices = {str(k): str(v) for k, v in hydra_config.runtime.choices.items()}
-    overrides = list(hydra_config.overrides.task)
-    return run_label({"task_name": task_name or "run"}, overrides, choices, with_seed=False)
+    # as typed: an override such as +x=${oc.env:TOKEN} would resolve to the secret on access
+    overrides = OmegaConf.to_container(hydra_config.overrides.task, resolve=False)
+    label = run_label({"task_name": task_name or "run"}, overrides, choices, with_seed=False)
+    return redact(label)
 
 
 def wandb_runs(loggers: Iterable[Logger]) -> list:
