@@ -3,18 +3,24 @@ read from images resized (and cached) at the load size."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from cli import SMALL_SYNTHETIC_SET, run_module
 
 from hpa.data.datamodule import HPADataModule
 from hpa.data.dataset import RGBYDataset
 from hpa.data.synthetic import generate_dataset
 from hpa.data.transforms import build_augmentation, evaluation_crop, image_crop
 from hpa.errors import HPAInputError
-from hpa.evaluation.tta import center_crop, crop_windows
+from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_LOSS
+from hpa.evaluation.tta import center_crop, crop_windows, predict_with_tta
+from hpa.labels import CLASS_NAMES
+from hpa.run.checkpoints import load_module
 
 
 def windows_of(image: np.ndarray, crop: np.ndarray) -> list[tuple[int, int]]:
@@ -129,3 +135,74 @@ def test_datamodule_crops_train_at_random_and_evaluation_at_the_centre(small_set
     # a batch of the train loader is a batch of crops
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["image"].shape == (4, 4, 24, 24)
+
+
+@pytest.mark.slow
+def test_a_run_on_crops_is_evaluated_and_predicted_with_dihedral_crops(tmp_path: Path):
+    run = tmp_path / "run"
+    trained = run_module(
+        "hpa.train",
+        f"hydra.run.dir={run}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        *SMALL_SYNTHETIC_SET,
+        "data.synthetic.num_test=6",
+        "debug=fast",
+        "model=cnn",
+        "data.load_size=80",
+        "trainer.limit_test_batches=1.0",
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    checkpoint = run / "checkpoints" / "best.ckpt"
+    run_metrics = json.loads((run / "metrics.json").read_text())
+
+    # eval without TTA sees the centre crops the run tested on: the same metrics
+    plain = run_module("hpa.eval", f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path / 'e'}")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    for name in (TEST_F1_MACRO, TEST_LOSS):
+        assert evaluated[name] == pytest.approx(run_metrics[name], abs=1e-6)
+
+    # dihedral_crops: the maximum over the 8 symmetries of 5 crops of the whole 80 px images
+    crops = run_module(
+        "hpa.eval",
+        f"ckpt_path={checkpoint}",
+        f"hydra.run.dir={tmp_path / 'c'}",
+        "tta=dihedral_crops",
+        "tta_reduce=max",
+    )
+    assert crops.returncode == 0, crops.stderr[-3000:]
+    with_crops = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert with_crops[TEST_LOSS] == pytest.approx(run_metrics[TEST_LOSS], abs=1e-6)  # centre
+    predictions = pd.read_csv(tmp_path / "c" / "test_predictions.csv", dtype={"Id": str})
+    data_root = next((tmp_path / "data").glob("synthetic-*"))
+    ids = predictions["Id"].to_numpy()[:3]
+    whole = RGBYDataset(data_root / "train", ids, None, image_size=80)
+    images = torch.stack([whole[i]["image"] for i in range(len(ids))])
+    model = load_module(checkpoint).eval()
+    with torch.no_grad():
+        expected = predict_with_tta(
+            lambda x: torch.sigmoid(model(x)), images, "dihedral_crops", "max", crop_size=64
+        )
+    written = predictions[list(CLASS_NAMES)].to_numpy()[:3]
+    np.testing.assert_allclose(written, expected.numpy(), atol=1e-5)
+
+    # predict: the test folder read at the run's load size, the same crops
+    predicted = run_module(
+        "hpa.predict",
+        f"ckpt_path={checkpoint}",
+        f"data.root={data_root}",
+        f"hydra.run.dir={tmp_path / 'p'}",
+        "tta=dihedral_crops",
+    )
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    probabilities = pd.read_csv(tmp_path / "p" / "probabilities.csv", dtype={"Id": str})
+    assert len(probabilities) == 6
+    test_images = RGBYDataset(data_root / "test", probabilities["Id"].to_numpy()[:2], None, 80)
+    batch = torch.stack([test_images[i]["image"] for i in range(2)])
+    with torch.no_grad():
+        expected = predict_with_tta(
+            lambda x: torch.sigmoid(model(x)), batch, "dihedral_crops", "mean", crop_size=64
+        )
+    np.testing.assert_allclose(
+        probabilities[list(CLASS_NAMES)].to_numpy()[:2], expected.numpy(), atol=1e-5
+    )
