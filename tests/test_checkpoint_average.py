@@ -10,11 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from cli import SMALL_SYNTHETIC_SET, run_module
+from cli import run_module
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from test_averaging import assert_states_close, float_entries
 from test_losses import cpu_trainer, tiny_loader
+from test_train import run_train
 from torch.optim.swa_utils import update_bn
 
 from hpa.average import hydra_arguments
@@ -122,18 +123,14 @@ def test_no_epoch_checkpoints_by_default(tmp_path: Path):
 @pytest.mark.slow
 def test_average_cli_writes_a_sub_run_that_eval_and_compare_accept(tmp_path: Path):
     run = tmp_path / "run"
-    trained = run_module(
-        "hpa.train",
-        f"hydra.run.dir={run}",
-        f"paths.data_dir={tmp_path / 'data'}",
-        *SMALL_SYNTHETIC_SET,
+    run_train(
+        tmp_path,
         "debug=fast",
         "model=cnn",
         "model.drop_rate=0",  # the batch-norm pass runs in train mode: no dropout to draw
         "trainer.max_epochs=2",
         "callbacks.epoch_checkpoints.keep_last=2",
     )
-    assert trained.returncode == 0, trained.stderr[-3000:]
     averaged = run_module(
         "hpa.average", str(run), "--last", "2", f"hydra.run.dir={tmp_path / 'job'}"
     )

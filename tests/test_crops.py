@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cli import SMALL_SYNTHETIC_SET, run_module
+from cli import run_module
+from test_train import run_train
 
 from hpa.data.datamodule import HPADataModule
 from hpa.data.dataset import RGBYDataset
@@ -140,18 +141,14 @@ def test_datamodule_crops_train_at_random_and_evaluation_at_the_centre(small_set
 @pytest.mark.slow
 def test_a_run_on_crops_is_evaluated_and_predicted_with_dihedral_crops(tmp_path: Path):
     run = tmp_path / "run"
-    trained = run_module(
-        "hpa.train",
-        f"hydra.run.dir={run}",
-        f"paths.data_dir={tmp_path / 'data'}",
-        *SMALL_SYNTHETIC_SET,
+    run_train(
+        tmp_path,
         "data.synthetic.num_test=6",
         "debug=fast",
         "model=cnn",
         "data.load_size=80",
         "trainer.limit_test_batches=1.0",
     )
-    assert trained.returncode == 0, trained.stderr[-3000:]
     checkpoint = run / "checkpoints" / "best.ckpt"
     run_metrics = json.loads((run / "metrics.json").read_text())
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from cli import SMALL_SYNTHETIC_SET, run_module
 from test_configs import CONF_DIR, compose_train
 from test_losses import cpu_trainer, tiny_loader
+from test_train import run_train
 from torch import nn
 
 from hpa.models.averaging import EMAWeights
@@ -106,17 +106,7 @@ def test_finetune_composes_with_the_default_callbacks_and_weight_averaging(tmp_p
 
 @pytest.mark.slow
 def test_train_cli_with_a_frozen_backbone(tmp_path: Path):
-    result = run_module(
-        "hpa.train",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        f"paths.data_dir={tmp_path / 'data'}",
-        *SMALL_SYNTHETIC_SET,
-        "debug=fast",
-        "model=cnn",
-        "callbacks=finetune",
-        "trainer.max_epochs=2",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_train(tmp_path, "debug=fast", "model=cnn", "callbacks=finetune", "trainer.max_epochs=2")
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert len(checkpoint["optimizer_states"][0]["param_groups"]) == 2  # the backbone joined
     states = [s for k, s in checkpoint["callbacks"].items() if "BackboneFinetuning" in k]

@@ -60,6 +60,17 @@ def _probabilities_direct(model: nn.Module):
     return model_fn
 
 
+def _explicit_symmetries(model_fn, images: torch.Tensor) -> list[torch.Tensor]:
+    """The model's outputs on the 8 symmetries of ``images``, written out: rot90 k=0..3 of the
+    image and of its horizontal flip."""
+    outputs = []
+    for k in range(4):
+        for flip in (False, True):
+            transformed = images.flip(-1) if flip else images
+            outputs.append(model_fn(torch.rot90(transformed, k, dims=(-2, -1))))
+    return outputs
+
+
 def test_transform_counts_and_identity_first():
     assert TTA_MODES == ("none", "flips", "dihedral")
     assert [len(tta_transforms(mode)) for mode in TTA_MODES] == [1, 4, 8]
@@ -114,12 +125,7 @@ def test_dihedral_mean_and_max_match_the_explicit_transforms(resnet):
     torch.manual_seed(3)
     images = torch.rand(2, 4, 32, 32)
     model_fn = _probabilities(resnet)
-    explicit = []
-    for k in range(4):
-        for flip in (False, True):
-            transformed = images.flip(-1) if flip else images
-            explicit.append(model_fn(torch.rot90(transformed, k, dims=(-2, -1))))
-    stacked = torch.stack(explicit)
+    stacked = torch.stack(_explicit_symmetries(model_fn, images))
     assert stacked.shape == (8, 2, NUM_CLASSES)
     # The random resnet is not invariant, so TTA must actually change the prediction.
     assert not torch.allclose(stacked[0], stacked[1], atol=1e-4)
@@ -188,10 +194,7 @@ def test_dihedral_crops_reduce_the_eight_symmetries_of_each_crop():
     explicit = []
     for top, left in [(2, 2), (0, 0), (0, 4), (4, 0), (4, 4)]:
         crop = images[..., top : top + 16, left : left + 16]
-        for k in range(4):
-            for flip in (False, True):
-                transformed = crop.flip(-1) if flip else crop
-                explicit.append(model_fn(torch.rot90(transformed, k, dims=(-2, -1))))
+        explicit.extend(_explicit_symmetries(model_fn, crop))
     stacked = torch.stack(explicit)
     assert stacked.shape == (40, 2, NUM_CLASSES)
     for reduce, expected in (("mean", stacked.mean(dim=0)), ("max", stacked.amax(dim=0))):
