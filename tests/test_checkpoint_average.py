@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 import torch
 from cli import run_module
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from test_averaging import assert_states_close, float_entries
+from test_configs import CONF_DIR
 from test_losses import cpu_trainer, tiny_loader
 from test_train import run_train
 from torch.optim.swa_utils import update_bn
@@ -25,7 +27,7 @@ from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_LOSS, VAL_F1_MACRO
 from hpa.models.averaging import average_state_dicts, recompute_batch_norm
 from hpa.models.module import HPAModule
 from hpa.run import builders
-from hpa.run.checkpoint_averaging import last_epoch_checkpoints
+from hpa.run.checkpoint_averaging import average_run, last_epoch_checkpoints
 from hpa.run.checkpoints import load_module
 from hpa.run.run_dir import RunDir, epoch_checkpoints_callback
 
@@ -118,6 +120,13 @@ def test_no_epoch_checkpoints_by_default(tmp_path: Path):
     assert RunDir(tmp_path).epoch_checkpoints() == []
     with pytest.raises(ValueError, match="keep_last"):
         epoch_checkpoints_callback(tmp_path, -1)
+
+
+def test_a_folder_that_is_not_a_run_is_refused(tmp_path: Path):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("average", overrides=[f"run_dir={tmp_path}", "last=2"])
+    with pytest.raises(HPAInputError, match="is not a run directory"):
+        average_run(cfg)
 
 
 @pytest.mark.slow

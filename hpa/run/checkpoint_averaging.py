@@ -48,6 +48,12 @@ def average_run(cfg: DictConfig) -> dict[str, float]:
         raise HPAInputError(f"{source} is not a run directory (no {RunDir.CONFIG})")
     paths = last_epoch_checkpoints(source, int(cfg.last))
     run_dir = RunDir(cfg.output_dir) if cfg.get("output_dir") else source.average_subrun(cfg.last)
+    trainer = builders.build_trainer(cfg, callbacks=[], loggers=[], enable_checkpointing=False)
+    if trainer.world_size > 1:
+        raise HPAInputError(
+            f"hpa-average runs on one device, not {trainer.world_size} processes: "
+            "trainer=gpu (or trainer.devices=1)"
+        )
     log.info("averaging %s into %s", ", ".join(path.name for path in paths), run_dir)
 
     # the last checkpoint's module, with its own test-time augmentation for the test
@@ -66,7 +72,6 @@ def average_run(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("fit")  # the train split as the run trained on it (external images too)
     write_data_artifacts(run_dir, datamodule)
 
-    trainer = builders.build_trainer(cfg, callbacks=[], loggers=[], enable_checkpointing=False)
     _recompute_batch_norm(model, datamodule, trainer, cfg.get("bn_update_batches"))
     save_averaged_checkpoint(model, paths, run_dir.averaged_checkpoint)
     run_dir.write_config_derived_from(

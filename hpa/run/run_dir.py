@@ -20,8 +20,8 @@ A training run (``python -m hpa.train``) writes::
 ``hpa.eval`` writes the metrics, predictions and per-class files into its own run directory;
 ``hpa.predict`` writes ``submission.csv`` and ``probabilities.csv``. ``hpa.average RUN --last K``
 writes a sub-run ``RUN/average-lastK/`` that reads like a run (its ``.hydra/`` is RUN's config with
-an ``average`` node added) holding ``checkpoints/averaged.ckpt`` and the files of a finished run. Other modules ask a ``RunDir``
-for these paths and contents instead of spelling the names again.
+an ``average`` node added) holding ``checkpoints/averaged.ckpt`` and the files of a finished run.
+Other modules ask a ``RunDir`` for these paths and contents instead of spelling the names again.
 """
 
 from __future__ import annotations
