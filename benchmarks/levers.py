@@ -3,7 +3,7 @@ the seed's baseline, today's tuned recipe (oversampling and focal loss), then ea
 the tuned recipe, and the table of ``hpa.compare --group-seeds`` (mean ± sd of test macro F1,
 sample F1 and minority recall over the seeds). docs/levers.md lists the levers.
 
-    python -m benchmarks.levers                          # every lever, seeds 0,1,2 (an hour or so)
+    python -m benchmarks.levers                          # every lever, seeds 0,1,2 (hours)
     python -m benchmarks.levers --seeds 0 --levers tuned,average --images 200 --epochs 2  # smoke
     python -m benchmarks.levers --dry-run                # the commands, not run
 
