@@ -190,6 +190,15 @@ def test_label_uses_experiment_and_drops_paths():
     assert run_label({"task_name": "train"}, ["seed=1"], choices) == "winners_densenet121 seed=1"
 
 
+def test_a_second_stage_is_labelled_by_its_start_not_its_checkpoint_path():
+    stages = [
+        ["seed=0", "data.image_size=96", "model.init_from=/runs/0/checkpoints/best.ckpt"],
+        ["seed=1", "data.image_size=96", "model.init_from=/runs/1/checkpoints/best.ckpt"],
+    ]
+    labels = {run_label({"task_name": "train"}, o, with_seed=False) for o in stages}
+    assert labels == {"train data.image_size=96 model.init_from=CKPT"}
+
+
 def test_cli_subprocess(sweep: Path, tmp_path: Path):
     ok = run_module("hpa.compare", str(sweep), "--format", "csv")
     assert ok.returncode == 0, ok.stderr

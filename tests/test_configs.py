@@ -112,6 +112,7 @@ def test_seed_zero_is_kept_and_null_is_allowed(tmp_path: Path):
         ("hpa.train", "Usage: hpa-train", None),
         ("hpa.eval", "Usage: hpa-eval ckpt_path=", "augment"),
         ("hpa.predict", "Usage: hpa-predict ckpt_path=", "augment"),
+        ("hpa.average", "Usage: hpa-average", "augment"),
     ],
 )
 def test_each_entry_point_has_its_own_help(module: str, usage: str, absent: str | None):
@@ -121,3 +122,45 @@ def test_each_entry_point_has_its_own_help(module: str, usage: str, absent: str 
     assert "trainer:" in result.stdout
     if absent:  # lists only the groups this entry point accepts
         assert absent not in result.stdout
+
+
+def test_the_2018_recipes_set_their_teams_settings(tmp_path: Path):
+    best = resolved(compose_train(["experiment=bestfitting_2018"], tmp_path))
+    assert best["model"]["name"] == "densenet121" and best["model"]["pretrained"] is True
+    assert (best["data"]["image_size"], best["data"]["load_size"]) == (512, 768)
+    assert best["loss"]["terms"].keys() == {"focal", "lovasz", "ohem"}
+    assert best["data"]["oversample"] is False
+    assert best["optimizer"]["_target_"] == "torch.optim.Adam"
+    assert best["scheduler"]["milestones"] == [25, 30, 35, 40]
+    assert best["trainer"]["max_epochs"] == 45 and best["trainer"]["gradient_clip_val"] == 1.0
+    assert (best["model"]["tta"], best["model"]["tta_reduce"]) == ("dihedral", "max")
+
+    pudae = resolved(compose_train(["experiment=pudae_2018"], tmp_path))
+    assert pudae["model"]["name"] == "resnet34" and pudae["model"]["pretrained"] is True
+    assert pudae["data"]["image_size"] == 512 and pudae["data"]["load_size"] is None
+    assert pudae["loss"]["_target_"].endswith("FocalLoss")
+    assert pudae["scheduler"] is None and pudae["optimizer"]["lr"] == 5.0e-4
+    assert pudae["callbacks"]["epoch_checkpoints"]["keep_last"] == 10
+    assert pudae["callbacks"]["early_stopping"] is None
+    assert pudae["trainer"]["max_epochs"] == 41
+
+
+def test_every_recipe_line_names_its_source():
+    for name in ("bestfitting_2018", "pudae_2018"):
+        lines = (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
+        settings = [line for line in lines if ":" in line and not line.lstrip().startswith("#")]
+        sourced = [line for line in settings if "#" in line]
+        # every setting, bar the section keys (`model:`) and the tags, says where it comes from
+        unsourced = [
+            line
+            for line in settings
+            if line not in sourced and not line.rstrip().endswith(":") and "tags" not in line
+        ]
+        assert unsourced == [], name
+
+
+def test_the_average_entry_point_composes(tmp_path: Path):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("average", overrides=["run_dir=/some/run", "trainer=gpu"])
+    assert cfg.last == 5 and cfg.run_dir == "/some/run"
+    assert cfg.trainer.accelerator == "gpu"

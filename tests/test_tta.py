@@ -5,10 +5,23 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from test_losses import cpu_trainer, tiny_loader
 from torch import nn
 
-from hpa.evaluation.tta import TTA_MODES, predict_with_tta, tta_transforms
+from hpa.errors import HPAInputError
+from hpa.evaluation.metrics import TEST_LOSS
+from hpa.evaluation.tta import (
+    CROP_POSITIONS,
+    TTA_MODES,
+    TTAInput,
+    check_tta_options,
+    crop_windows,
+    predict_with_tta,
+    tta_input,
+    tta_transforms,
+)
 from hpa.labels import NUM_CLASSES
+from hpa.models.module import HPAModule
 
 
 class InvariantModel(nn.Module):
@@ -45,6 +58,17 @@ def _probabilities_direct(model: nn.Module):
             return model(images)
 
     return model_fn
+
+
+def _explicit_symmetries(model_fn, images: torch.Tensor) -> list[torch.Tensor]:
+    """The model's outputs on the 8 symmetries of ``images``, written out: rot90 k=0..3 of the
+    image and of its horizontal flip."""
+    outputs = []
+    for k in range(4):
+        for flip in (False, True):
+            transformed = images.flip(-1) if flip else images
+            outputs.append(model_fn(torch.rot90(transformed, k, dims=(-2, -1))))
+    return outputs
 
 
 def test_transform_counts_and_identity_first():
@@ -101,12 +125,7 @@ def test_dihedral_mean_and_max_match_the_explicit_transforms(resnet):
     torch.manual_seed(3)
     images = torch.rand(2, 4, 32, 32)
     model_fn = _probabilities(resnet)
-    explicit = []
-    for k in range(4):
-        for flip in (False, True):
-            transformed = images.flip(-1) if flip else images
-            explicit.append(model_fn(torch.rot90(transformed, k, dims=(-2, -1))))
-    stacked = torch.stack(explicit)
+    stacked = torch.stack(_explicit_symmetries(model_fn, images))
     assert stacked.shape == (8, 2, NUM_CLASSES)
     # The random resnet is not invariant, so TTA must actually change the prediction.
     assert not torch.allclose(stacked[0], stacked[1], atol=1e-4)
@@ -142,3 +161,94 @@ def test_unknown_mode_or_reduce_raises_before_calling_the_model():
     with pytest.raises(ValueError, match="mode"):
         tta_transforms("Flips")
     assert calls == []
+
+
+def test_crop_windows_are_the_centre_then_the_four_corners():
+    assert CROP_POSITIONS == ("center", "top_left", "top_right", "bottom_left", "bottom_right")
+    assert crop_windows(40, 40, 32) == [(4, 4), (0, 0), (0, 8), (8, 0), (8, 8)]
+    assert crop_windows(10, 12, 4) == [(3, 4), (0, 0), (0, 8), (6, 0), (6, 8)]
+    # an image of the crop size has one window; one pixel larger, the centre is a corner
+    assert crop_windows(32, 32, 32) == [(0, 0)]
+    assert crop_windows(33, 33, 32) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    with pytest.raises(ValueError, match="32 px crops of 24 x 40"):
+        crop_windows(24, 40, 32)
+
+
+class PositionalModel(nn.Module):
+    """A 3x3 conv then a linear layer over every position: far from symmetry-invariant, and fast
+    (for the 40 copies of dihedral_crops)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 2, kernel_size=3, padding=1)
+        self.head = nn.Linear(2 * size * size, NUM_CLASSES)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(images.float())).flatten(1))
+
+
+def test_dihedral_crops_reduce_the_eight_symmetries_of_each_crop():
+    torch.manual_seed(5)
+    images = torch.rand(2, 4, 20, 20)
+    model_fn = _probabilities(PositionalModel(16))
+    explicit = []
+    for top, left in [(2, 2), (0, 0), (0, 4), (4, 0), (4, 4)]:
+        crop = images[..., top : top + 16, left : left + 16]
+        explicit.extend(_explicit_symmetries(model_fn, crop))
+    stacked = torch.stack(explicit)
+    assert stacked.shape == (40, 2, NUM_CLASSES)
+    for reduce, expected in (("mean", stacked.mean(dim=0)), ("max", stacked.amax(dim=0))):
+        tta = predict_with_tta(model_fn, images, "dihedral_crops", reduce, crop_size=16)
+        torch.testing.assert_close(tta, expected)
+        # the crops of the whole image are not the symmetries of its centre crop alone
+        centre = predict_with_tta(model_fn, images[..., 2:18, 2:18], "dihedral", reduce)
+        assert not torch.allclose(tta, centre, atol=1e-4)
+    # images of the crop size: the one crop is the image, the same as tta=dihedral
+    torch.testing.assert_close(
+        predict_with_tta(model_fn, images[..., :16, :16], "dihedral_crops", "max", crop_size=16),
+        predict_with_tta(model_fn, images[..., :16, :16], "dihedral", "max"),
+    )
+
+
+def test_a_crop_mode_needs_its_crop_size():
+    images = torch.rand(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="crop_size"):
+        predict_with_tta(lambda x: torch.zeros(1, NUM_CLASSES), images, "dihedral_crops")
+    with pytest.raises(ValueError, match="crop_transforms"):
+        tta_transforms("dihedral_crops")
+    with pytest.raises(HPAInputError, match="evaluation option"):
+        check_tta_options("dihedral_crops", "max")
+    check_tta_options("dihedral_crops", "max", crop_size=32)
+    with pytest.raises(HPAInputError, match="dihedral_crops"):
+        check_tta_options("crops", "mean")
+    with pytest.raises(HPAInputError, match="evaluation option"):
+        HPAModule(name="seed_cnn", tta="dihedral_crops")
+
+
+def test_tta_input_gives_a_crop_mode_the_whole_image():
+    assert tta_input("dihedral", 32, 40) == TTAInput(image_size=32, load_size=40, crop_size=None)
+    assert tta_input("none", 32, None) == TTAInput(32, None, None)
+    assert tta_input("dihedral_crops", 32, 40) == TTAInput(
+        image_size=40, load_size=None, crop_size=32
+    )
+    assert tta_input("dihedral_crops", 32, None) == TTAInput(32, None, 32)
+
+
+def test_the_module_tests_a_crop_mode_on_the_whole_image_and_its_loss_on_the_centre(tmp_path):
+    torch.manual_seed(6)
+    module = HPAModule(name="seed_cnn", tta="dihedral_crops", tta_reduce="max", tta_crop_size=16)
+    loader = tiny_loader(1)  # 32 px images
+    result = cpu_trainer(tmp_path).test(module, loader, verbose=False)[0]
+
+    batch = next(iter(loader))
+    module.eval()
+    with torch.no_grad():
+        expected = predict_with_tta(
+            lambda x: torch.sigmoid(module(x)), batch["image"], "dihedral_crops", "max", 16
+        )
+        centre = batch["image"][..., 8:24, 8:24]
+        centre_loss = module.criterion(module(centre), batch["target"])
+    torch.testing.assert_close(module.probabilities(batch["image"]), expected)
+    _, tested = module.collected_test_predictions()
+    torch.testing.assert_close(torch.from_numpy(tested), expected)
+    assert result[TEST_LOSS] == pytest.approx(float(centre_loss), rel=1e-5)

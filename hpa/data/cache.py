@@ -1,7 +1,8 @@
 """A packed uint8 cache of decoded images: one ``.npy`` file of N x S x S x 4 (RGBY) samples.
 
 Decoding four PNGs per sample every epoch is the bottleneck of an HPA pipeline. The cache decodes
-every image once (in parallel over all cores), resizes it to the training size and packs all
+every image once (in parallel over all cores), resizes it to the size the run reads
+(``data.load_size`` when set, whose crops it trains on, else ``data.image_size``) and packs all
 samples into one uint8 array stored as a standard ``.npy`` file, with two small companions::
 
     CACHE/{name}-s{S}.npy        the images, N x S x S x 4 uint8 (np.load(..., mmap_mode="r"))

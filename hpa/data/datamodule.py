@@ -43,7 +43,12 @@ from hpa.data.sampler import (
     image_weights,
 )
 from hpa.data.split import SPLITS, kfold_split, load_split, save_split, train_val_test_split
-from hpa.data.transforms import build_augmentation
+from hpa.data.transforms import (
+    build_augmentation,
+    check_crop_sizes,
+    evaluation_crop,
+    image_crop,
+)
 from hpa.data.validate import checked_samples
 from hpa.errors import HPAInputError
 from hpa.run.distributed import evaluation_sampler, world_of
@@ -75,12 +80,16 @@ class HPADataModule(pl.LightningDataModule):
     duplicates of val and test images are dropped, and ``leak_report`` counts the duplicate pairs
     per pair of splits. ``setup("test")`` and ``setup("predict")`` (evaluation, which reads its
     split from a file) skip both.
+
+    With a ``load_size`` the images are read (and cached) at that size: the train split gives
+    random ``image_size`` crops of them, val and test their centre crops (hpa.data.transforms).
     """
 
     def __init__(
         self,
         root: str | Path,
         image_size: int = 128,
+        load_size: int | None = None,
         batch_size: int = 32,
         num_workers: int = 2,
         split: Sequence[float] = (0.7, 0.15, 0.15),
@@ -103,6 +112,8 @@ class HPADataModule(pl.LightningDataModule):
         super().__init__()
         self.root = Path(root)
         self.image_size = image_size
+        check_crop_sizes(image_size, load_size)
+        self.load_size = load_size
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.split_fractions = tuple(split)
@@ -178,10 +189,11 @@ class HPADataModule(pl.LightningDataModule):
             log.info("%s split: %d images", name, int((self.assignment == name).sum()))
         if self.use_cache:
             self.packed_images = ensure_cache(
-                self.image_dir, self.ids, self.image_size, cache_dir=self.cache_dir
+                self.image_dir, self.ids, self.read_size, cache_dir=self.cache_dir
             )
 
-        augmentation = build_augmentation(self.augment_config)
+        train_crop = image_crop(self.image_size, self.load_size, random=True)
+        augmentation = build_augmentation(self.augment_config, crop=train_crop)
         if augmentation is not None:
             # albumentations keeps its own random state: seed it for repeatable runs
             augmentation.set_random_seed(self.split_seed)
@@ -192,9 +204,10 @@ class HPADataModule(pl.LightningDataModule):
                 self.ids[rows],
                 self.labels[rows],
                 self.image_size,
-                augmentation=augmentation if name == "train" else None,
+                augmentation=augmentation if name == "train" else self._evaluation_crop(),
                 cache=self.packed_images,
                 cache_rows=rows,
+                load_size=self.read_size,
             )
         external_parts = self._external_train_datasets(augmentation)
         if external_parts:
@@ -203,6 +216,14 @@ class HPADataModule(pl.LightningDataModule):
         self._set_normalization()
         if self.oversample:
             self._log_oversampling()
+
+    @property
+    def read_size(self) -> int:
+        """The size images are read and cached at: ``load_size``, else ``image_size``."""
+        return self.image_size if self.load_size is None else self.load_size
+
+    def _evaluation_crop(self):
+        return evaluation_crop(self.image_size, self.load_size)
 
     def _split_honouring_duplicates(self, keep: np.ndarray, for_training: bool) -> np.ndarray:
         """The split of every csv row. For training, also read the external roots and, unless
@@ -324,7 +345,7 @@ class HPADataModule(pl.LightningDataModule):
                 cache = ensure_cache(
                     external.image_dir,
                     external.ids[readable_rows],
-                    self.image_size,
+                    self.read_size,
                     cache_dir=self.cache_dir,
                 )
                 cache_rows = np.searchsorted(readable_rows, used_rows)
@@ -337,6 +358,7 @@ class HPADataModule(pl.LightningDataModule):
                     augmentation=augmentation,
                     cache=cache,
                     cache_rows=cache_rows,
+                    load_size=self.read_size,
                 )
             )
         return datasets
@@ -435,6 +457,11 @@ class HPADataModule(pl.LightningDataModule):
         if world_size == 1:
             return self._loader(name)
         return self._loader(name, sampler=evaluation_sampler(self.datasets[name], world_size, rank))
+
+    def train_pass_dataloader(self) -> DataLoader:
+        """The train split once, in order, with its crops and augmentation as configured (an
+        evaluation datamodule has none): the batch-norm pass of ``hpa.average``."""
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
         return self._evaluation_loader("val")

@@ -40,6 +40,9 @@ class RGBYDataset(Dataset):
     ``labels`` may be None for unlabelled (test) images; ``target`` is then absent.
     With ``cache`` (and ``cache_rows``, the cache row of each id) images come from the packed
     cache instead of being decoded; the items are the same.
+
+    ``load_size`` (None: ``image_size``) is the size images are read (and cached) at; a larger
+    one needs an ``augmentation`` that crops them to ``image_size`` (hpa.data.transforms).
     """
 
     def __init__(
@@ -51,11 +54,18 @@ class RGBYDataset(Dataset):
         augmentation: A.Compose | None = None,
         cache: PackedImages | None = None,
         cache_rows: np.ndarray | None = None,
+        load_size: int | None = None,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.ids = np.asarray(ids).astype(str)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
         self.image_size = image_size
+        self.load_size = image_size if load_size is None else load_size
+        if self.load_size != image_size and augmentation is None:
+            raise ValueError(
+                f"images read at {self.load_size} px need an augmentation cropping them to "
+                f"{image_size} px"
+            )
         self.augmentation = augmentation
         self.cache = cache
         if cache is not None:
@@ -63,9 +73,9 @@ class RGBYDataset(Dataset):
             self.cache_rows = np.asarray(rows, dtype=np.int64)
             if len(self.cache_rows) != len(self.ids):
                 raise ValueError("cache_rows needs one cache row per id")
-            if cache.image_size != image_size:
+            if cache.image_size != self.load_size:
                 raise ValueError(
-                    f"{cache.path} holds {cache.image_size} px images, not {image_size}"
+                    f"{cache.path} holds {cache.image_size} px images, not {self.load_size}"
                 )
         self._read_buffer: np.ndarray | None = None  # one cache row, reused for every sample
 
@@ -104,18 +114,17 @@ class RGBYDataset(Dataset):
         out[...] = image
 
     def read_image(self, index: int) -> np.ndarray:
-        """The unaugmented uint8 4 x S x S image of item ``index`` (a fresh array)."""
+        """The unaugmented, uncropped uint8 4 x L x L image of item ``index`` (a fresh array; L:
+        the load size)."""
         if self.cache is not None:
             return self.cache[self.cache_rows[index]]
-        return read_sample(self.image_dir, self.ids[index], self.image_size)
+        return read_sample(self.image_dir, self.ids[index], self.load_size)
 
     def _read_interleaved(self, index: int) -> np.ndarray:
-        """Item ``index``'s unaugmented S x S x 4 image; from the cache, in a buffer reused by the
-        next call."""
+        """Item ``index``'s unaugmented L x L x 4 image (L: the load size); from the cache, in a
+        buffer reused by the next call."""
         if self.cache is None:
-            return interleave_channels(
-                read_sample(self.image_dir, self.ids[index], self.image_size)
-            )
+            return interleave_channels(read_sample(self.image_dir, self.ids[index], self.load_size))
         if self._read_buffer is None:
             self._read_buffer = np.empty(self.cache.shape[1:], dtype=np.uint8)
         return self.cache.read_into(self.cache_rows[index], self._read_buffer)

@@ -147,6 +147,7 @@ class MultiRootDataset(RGBYDataset):
             np.concatenate([part.labels for part in parts]),
             first.image_size,
             augmentation=first.augmentation,
+            load_size=first.load_size,
         )
         self.parts = list(parts)
         self.part_starts = np.cumsum([0] + [len(part) for part in parts[:-1]])

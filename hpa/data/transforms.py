@@ -1,9 +1,15 @@
-"""Albumentations pipelines built from config, and the one transform we add to them.
+"""Albumentations pipelines built from config, the one transform we add to them, and the crops
+of ``data.load_size``.
 
 Augmentations work on H x W x 4 uint8 arrays (albumentations' layout), the layout of the cache's
 rows and of the batches (hpa.data.dataset), which the models see as channels-last 4 x H x W.
 Normalisation is not done here: the model normalises its uint8 input with the channel statistics
 stored in its checkpoint, so a checkpoint carries everything needed to predict.
+
+With a ``load_size`` larger than the ``image_size`` the images are read (and cached) at
+``load_size``: training takes a random ``image_size`` crop of each, before its augmentation, and
+validation, test and prediction the centre crop (bestfitting, 1st in 2018, trained on 512 px
+crops of 768 px images).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import albumentations as A
 import cv2
 import numpy as np
 from hydra.utils import instantiate
+
+from hpa.errors import HPAInputError
 
 
 class D4(A.D4):
@@ -50,16 +58,45 @@ _ROTATIONS = {
 _FLIPS = {"v": 0, "h": 1}
 
 
-def build_augmentation(steps: Mapping[str, Mapping] | None) -> A.Compose | None:
-    """Compose the named albumentations steps of a config (``conf/augment/*.yaml``), in order.
+def build_augmentation(
+    steps: Mapping[str, Mapping] | None, crop: A.BasicTransform | None = None
+) -> A.Compose | None:
+    """Compose ``crop`` (when given) and the named albumentations steps of a config
+    (``conf/augment/*.yaml``), in order.
 
     Each step is a mapping with a ``_target_`` (an albumentations transform) and its arguments;
     a step set to null is skipped. Returns None when there is nothing to apply.
     """
     transforms = [instantiate(dict(step)) for step in (steps or {}).values() if step is not None]
+    if crop is not None:
+        transforms.insert(0, crop)
     if not transforms:
         return None
     return A.Compose(transforms)
+
+
+def check_crop_sizes(image_size: int, load_size: int | None) -> None:
+    """Refuse a ``load_size`` smaller than the ``image_size`` it is cropped to."""
+    if load_size is not None and load_size < image_size:
+        raise HPAInputError(
+            f"data.load_size={load_size} is smaller than data.image_size={image_size}: images are "
+            "read at load_size and cropped to image_size (null: no crop)"
+        )
+
+
+def image_crop(image_size: int, load_size: int | None, random: bool) -> A.BasicTransform | None:
+    """The ``image_size`` crop of images read at ``load_size``: a random one (training) or the
+    centre one (evaluation); None when there is nothing to crop (no load_size, or the same)."""
+    check_crop_sizes(image_size, load_size)
+    if load_size is None or load_size == image_size:
+        return None
+    crop = A.RandomCrop if random else A.CenterCrop
+    return crop(height=image_size, width=image_size)
+
+
+def evaluation_crop(image_size: int, load_size: int | None) -> A.Compose | None:
+    """The pipeline of evaluation images read at ``load_size``: their centre crop, or None."""
+    return build_augmentation(None, image_crop(image_size, load_size, random=False))
 
 
 def interleave_channels(image: np.ndarray) -> np.ndarray:

@@ -33,6 +33,10 @@ FORMATS = ("table", "csv", "markdown")
 _PATH_KEY_PREFIXES = ("hydra.", "paths.")
 _PATH_KEY_SUFFIXES = ("dir", "root", "file", "path")
 _SEED_KEY = "seed"
+# Overrides naming the checkpoint a run started from: what was trained (a second stage), but its
+# path differs from seed to seed, so the label keeps the key only.
+_WEIGHT_SOURCE_KEYS = ("model.init_from",)
+_WEIGHT_SOURCE = "CKPT"
 
 
 class CompareError(Exception):
@@ -94,11 +98,14 @@ def run_label(
     with_seed: bool = True,
 ) -> str:
     """The experiment name (else ``task_name``), then the run's overrides that change what was
-    trained (not where things are). ``with_seed=False`` leaves the seed out too: the label of
+    trained (not where things are; ``model.init_from``'s checkpoint shows as ``CKPT``).
+    ``with_seed=False`` leaves the seed out too: the label of
     the runs that differ only in their seed, shared by ``group_seeds`` and the W&B group."""
     name = _experiment(overrides, choices) or str(config.get("task_name", "run"))
     kept = [
-        override
+        f"{_override_key(override)}={_WEIGHT_SOURCE}"
+        if _override_key(override) in _WEIGHT_SOURCE_KEYS
+        else override
         for override in overrides
         if not _is_path_override(override)
         and _override_key(override) != "experiment"

@@ -1,5 +1,7 @@
 """Weight averaging callbacks: an EMA of the weights, or SWA over epochs, that validation,
-checkpoints and everything after training use instead of the raw weights.
+checkpoints and everything after training use instead of the raw weights; and the two steps of
+averaging saved checkpoints (``hpa.average``): ``average_state_dicts`` and
+``recompute_batch_norm``.
 
 Both build on Lightning's ``WeightAveraging``, which keeps a ``torch.optim.swa_utils.
 AveragedModel``, swaps its weights in for each validation epoch and saves them as the
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from itertools import islice
 from typing import Any
 
@@ -20,6 +24,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn, update_bn
+
+from hpa.errors import HPAInputError
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +166,56 @@ class SWAWeights(_EvaluateAverage):
 
     def _update_batch_norm(self, trainer: pl.Trainer) -> None:
         model = self._average_model.module
-        device = next(model.parameters()).device
         limits = [trainer.num_training_batches, self.bn_update_batches or math.inf]
         num_batches = None if math.isinf(min(limits)) else int(min(limits))  # None: all of them
         log.info("SWA: batch-norm statistics of the average from %s train batches", num_batches)
-        batches = islice(trainer.train_dataloader, num_batches)
-        images = (batch["image"].to(device) for batch in batches)
-        with torch.no_grad(), trainer.precision_plugin.forward_context():
-            update_bn(images, model)
+        recompute_batch_norm(
+            model,
+            trainer.train_dataloader,
+            num_batches,
+            next(model.parameters()).device,
+            trainer.precision_plugin.forward_context(),
+        )
+
+
+def recompute_batch_norm(
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    num_batches: int | None,
+    device: torch.device,
+    forward_context: AbstractContextManager | None = None,
+) -> None:
+    """Reset the batch-norm running statistics of ``model`` and recompute them, as their plain
+    average over the images of the first ``num_batches`` of ``batches`` (None: all), on
+    ``device`` (``torch.optim.swa_utils.update_bn``). ``forward_context``: the trainer's
+    precision context."""
+    images = (batch["image"].to(device) for batch in islice(batches, num_batches))
+    with torch.no_grad(), forward_context or nullcontext():
+        update_bn(images, model)
+
+
+def average_state_dicts(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The equal average of the floating-point entries of ``states`` (weights and float buffers);
+    other entries (batch-norm step counters) are the last state's. HPAInputError unless all
+    have the same entries and shapes."""
+    if not states:
+        raise ValueError("no states to average")
+    last = states[-1]
+    for index, state in enumerate(states):
+        if state.keys() != last.keys():
+            differing = sorted(set(state) ^ set(last))
+            raise HPAInputError(f"state {index} has other entries than the last: {differing[:3]}")
+        for name, value in state.items():
+            if value.shape != last[name].shape:
+                raise HPAInputError(
+                    f"state {index}: {name} is {tuple(value.shape)}, {tuple(last[name].shape)} "
+                    "in the last"
+                )
+    averaged = {}
+    for name, value in last.items():
+        if value.is_floating_point():
+            stacked = torch.stack([state[name].double() for state in states])
+            averaged[name] = stacked.mean(dim=0).to(value.dtype)
+        else:
+            averaged[name] = value.clone()
+    return averaged

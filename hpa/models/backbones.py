@@ -74,6 +74,10 @@ class SeedCNN(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(images)))
 
+    def get_classifier(self) -> nn.Module:
+        """The three linear layers after the pool, as timm models name their classifier."""
+        return self.classifier
+
 
 def _seed_conv_block(in_channels: int, out_channels: int, drop_rate: float) -> nn.Sequential:
     return nn.Sequential(

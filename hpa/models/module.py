@@ -9,10 +9,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from pytorch_lightning.callbacks import BaseFinetuning
 
 from hpa.evaluation import metrics
 from hpa.evaluation.thresholds import binarize, check_policy
-from hpa.evaluation.tta import check_tta_options, predict_with_tta
+from hpa.evaluation.tta import center_crop, check_tta_options, predict_with_tta
 from hpa.labels import NUM_CLASSES
 from hpa.models.backbones import create_backbone
 from hpa.run.distributed import all_gather_rows
@@ -35,7 +36,16 @@ class HPAModule(pl.LightningModule):
     ``monitor`` is the metric a ReduceLROnPlateau scheduler watches (the run's
     ``optimized_metric``). ``tta``/``tta_reduce`` choose the test-time augmentation of the test and
     predict steps (``hpa.evaluation.tta``; evaluation and prediction pass them when they load a
-    checkpoint, training validates and tunes thresholds without).
+    checkpoint, training validates and tunes thresholds without); ``tta_crop_size`` is the crop
+    size of ``tta=dihedral_crops``, whose test images come whole, at the run's load size.
+
+    ``init_from`` records the checkpoint whose weights started the run (``model.init_from``, a
+    second stage at a higher resolution); ``hpa.run.builders.build_module`` copies them in, the
+    module itself only keeps the name.
+
+    ``classifier()`` is the network's last layer(s) and ``feature_modules()`` everything before
+    it, what ``hpa.models.finetuning.BackboneFinetuning`` freezes for the first epochs. The
+    optimizer gets the parameters that require gradients when it is built.
     """
 
     def __init__(
@@ -58,9 +68,11 @@ class HPAModule(pl.LightningModule):
         monitor: str = metrics.VAL_F1_MACRO,
         tta: str = "none",
         tta_reduce: str = "mean",
+        tta_crop_size: int | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
-        check_tta_options(tta, tta_reduce)
+        check_tta_options(tta, tta_reduce, tta_crop_size)
         check_policy(thresholds, threshold_params)
         self.save_hyperparameters()
         self.backbone = create_backbone(
@@ -110,7 +122,22 @@ class HPAModule(pl.LightningModule):
             images,
             self.hparams.tta,
             self.hparams.tta_reduce,
+            crop_size=self.hparams.tta_crop_size,
         )
+
+    def classifier(self) -> torch.nn.Module:
+        """The network's classifier: timm's ``get_classifier()`` (the seed CNN has one too)."""
+        return self.backbone.get_classifier()
+
+    def feature_modules(self) -> list[torch.nn.Module]:
+        """The network's modules outside its classifier that hold parameters (leaf modules and
+        modules with parameters of their own, as Lightning's finetuning callbacks list them)."""
+        in_classifier = {id(module) for module in self.classifier().modules()}
+        return [
+            module
+            for module in BaseFinetuning.flatten_modules(self.backbone)
+            if id(module) not in in_classifier
+        ]
 
     def decide(self, probabilities: torch.Tensor) -> torch.Tensor:
         """0/1 predictions at the per-class thresholds (``hpa.evaluation.thresholds.binarize``)."""
@@ -148,7 +175,12 @@ class HPAModule(pl.LightningModule):
         self.test_probabilities.clear()
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        loss, logits = self._shared_step(batch)  # the loss is that of the untransformed images
+        # the loss is that of the untransformed images (a crop mode's: of their centre crop, as
+        # the other modes are given them)
+        plain = batch
+        if self.hparams.tta_crop_size is not None:
+            plain = {**batch, "image": center_crop(batch["image"], self.hparams.tta_crop_size)}
+        loss, logits = self._shared_step(plain)
         probabilities = self.probabilities(batch["image"], logits)
         self.test_scores.update(probabilities, self.decide(probabilities), batch["target"])
         self.log(metrics.TEST_LOSS, loss, on_epoch=True, sync_dist=True)
@@ -177,9 +209,9 @@ class HPAModule(pl.LightningModule):
         return self.probabilities(batch["image"])
 
     def configure_optimizers(self):
-        optimizer = instantiate(dict(self.hparams.optimizer or DEFAULT_OPTIMIZER))(
-            params=self.parameters()
-        )
+        # frozen parameters (BackboneFinetuning) join the optimizer as their own group later
+        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
+        optimizer = instantiate(dict(self.hparams.optimizer or DEFAULT_OPTIMIZER))(params=trainable)
         if not self.hparams.scheduler:
             return optimizer
         scheduler = instantiate(dict(self.hparams.scheduler))(optimizer=optimizer)

@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import Logger
 from hpa.data.datamodule import HPADataModule
 from hpa.evaluation.metrics import VAL_F1_MACRO
 from hpa.models.module import HPAModule
+from hpa.run.checkpoints import initialize_from
 from hpa.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,11 @@ def build_datamodule(cfg: DictConfig) -> HPADataModule:
 
 def build_module(cfg: DictConfig, datamodule: HPADataModule) -> HPAModule:
     """The LightningModule of ``cfg.model``, with the loss, optimizer and scheduler groups and the
-    channel statistics of the datamodule's train split."""
-    return instantiate(
+    channel statistics of the datamodule's train split. With ``model.init_from=CKPT`` its network
+    starts from that checkpoint's weights (no pretrained weights are fetched)."""
+    init_from = cfg.model.get("init_from")
+    overrides = {"pretrained": False, "pretrained_path": None} if init_from else {}
+    module = instantiate(
         cfg.model,
         loss=_plain(cfg.get("loss")),
         optimizer=_plain(cfg.get("optimizer")),
@@ -50,7 +54,11 @@ def build_module(cfg: DictConfig, datamodule: HPADataModule) -> HPAModule:
         monitor=cfg.get("optimized_metric", VAL_F1_MACRO),
         _recursive_=False,
         _convert_="all",
+        **overrides,
     )
+    if init_from:
+        initialize_from(module, init_from)
+    return module
 
 
 def _instantiate_named(group: DictConfig | None) -> list:

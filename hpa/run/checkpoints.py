@@ -3,6 +3,7 @@ and writing tuned thresholds into them."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from hpa.errors import HPAInputError
 from hpa.io import atomic_path
 from hpa.models.module import HPAModule
 from hpa.run.run_dir import RunDir
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_paths(ckpt_path: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -77,15 +80,24 @@ def check_checkpoint(checkpoint_path: str | Path) -> dict:
 
 
 def load_module(
-    checkpoint_path: str | Path, tta: str = "none", tta_reduce: str = "mean"
+    checkpoint_path: str | Path,
+    tta: str | None = "none",
+    tta_reduce: str = "mean",
+    tta_crop_size: int | None = None,
 ) -> HPAModule:
     """Load a trained module for evaluation or prediction, on the CPU, with the test-time
-    augmentation ``tta``/``tta_reduce`` (``hpa.evaluation.tta``).
+    augmentation ``tta``/``tta_reduce``/``tta_crop_size`` (``hpa.evaluation.tta``; ``tta=None``
+    keeps the checkpoint's own three).
 
     The file is checked first (``check_checkpoint``) and loaded with ``weights_only=True``. The
     backbone is built without fetching pretrained weights: the checkpoint holds them all.
     """
     check_checkpoint(checkpoint_path)
+    augmentation = (
+        {}
+        if tta is None
+        else {"tta": tta, "tta_reduce": tta_reduce, "tta_crop_size": tta_crop_size}
+    )
     try:
         return HPAModule.load_from_checkpoint(
             checkpoint_path,
@@ -93,10 +105,41 @@ def load_module(
             weights_only=True,
             pretrained=False,
             pretrained_path=None,
-            tta=tta,
-            tta_reduce=tta_reduce,
+            **augmentation,
         )
     except (RuntimeError, KeyError, TypeError, ValueError) as error:
         raise HPAInputError(
             f"{checkpoint_path} does not fit this project's model: {str(error).splitlines()[0]}"
         ) from None
+
+
+def initialize_from(module: HPAModule, checkpoint_path: str | Path) -> None:
+    """Copy the network weights of a trained checkpoint into ``module`` (``model.init_from``: a
+    second stage, e.g. at a higher resolution). Weights only: the module keeps its own channel
+    statistics, thresholds, optimizer and schedule. HPAInputError, before any training, when the
+    checkpoint's network does not have exactly the module's weights and shapes."""
+    checkpoint = check_checkpoint(checkpoint_path)
+    prefix = "backbone."
+    source = {
+        name: value for name, value in checkpoint["state_dict"].items() if name.startswith(prefix)
+    }
+    target = {name: value for name, value in module.state_dict().items() if name.startswith(prefix)}
+    problems = [
+        f"{name} is {tuple(source[name].shape)} there, {tuple(target[name].shape)} here"
+        for name in target
+        if name in source and source[name].shape != target[name].shape
+    ]
+    missing = [name for name in target if name not in source]
+    unexpected = [name for name in source if name not in target]
+    if missing:
+        problems.append(f"{len(missing)} weight(s) missing there, e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weight(s) unknown here, e.g. {unexpected[0]}")
+    if problems:
+        trained = checkpoint["hyper_parameters"].get("name")
+        raise HPAInputError(
+            f"model.init_from={checkpoint_path} does not fit this model: it holds a {trained} "
+            f"network, this run builds {module.hparams.name}; " + "; ".join(problems[:5])
+        )
+    module.load_state_dict(source, strict=False)
+    log.info("initialised the %d network weights from %s", len(source), checkpoint_path)

@@ -6,7 +6,9 @@ F1 and support per class) into its own run directory and prints the per-class ta
 ``ckpt_path`` may also be a list or a folder of checkpoints (a k-fold multirun): each member is
 tested on its own, then their probabilities are averaged and the ensemble is scored at the mean
 of the members' thresholds (``hpa.evaluation.ensemble``). ``tta=flips|dihedral`` averages
-(``tta_reduce=max``: maximum) each model's probabilities over flipped and rotated copies.
+(``tta_reduce=max``: maximum) each model's probabilities over flipped and rotated copies;
+``tta=dihedral_crops`` over those of crops of the whole images of a run trained on crops
+(``data.load_size``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -31,6 +33,7 @@ from hpa.evaluation.predictions import (
     write_prediction_artifacts,
 )
 from hpa.evaluation.thresholds import binarize
+from hpa.evaluation.tta import tta_input
 from hpa.models.module import HPAModule
 from hpa.run import builders
 from hpa.run.checkpoints import checkpoint_paths, load_module
@@ -42,8 +45,9 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     paths = checkpoint_paths(cfg.ckpt_path)
     run_dir = RunDir(cfg.paths.output_dir)
-    first = load_module(paths[0], cfg.tta, cfg.tta_reduce)
-    datamodule = _datamodule(cfg, first, RunDir.of_checkpoint(paths[0]))
+    data_cfg, crop_size = _data_config(cfg, RunDir.of_checkpoint(paths[0]))
+    first = load_module(paths[0], cfg.tta, cfg.tta_reduce, crop_size)
+    datamodule = _datamodule(cfg, data_cfg, first, RunDir.of_checkpoint(paths[0]))
     datamodule.prepare_data()
     datamodule.setup("test")
     split_ids, split_assignment = datamodule.split_table  # every row, skipped images included
@@ -54,7 +58,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer = builders.build_trainer(cfg, callbacks=[], loggers=[], enable_checkpointing=False)
     members, frames = [], []
     for path in paths:
-        model = first if path == paths[0] else load_module(path, cfg.tta, cfg.tta_reduce)
+        model = first if path == paths[0] else load_module(path, cfg.tta, cfg.tta_reduce, crop_size)
         log.info("testing %s (tta=%s)", path, cfg.tta)
         results = trainer.test(model, datamodule=datamodule, verbose=len(paths) == 1)[0]
         frames.append(collected_test_frame(model, datamodule.datasets["test"]))
@@ -80,10 +84,22 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return final_metrics
 
 
-def _datamodule(cfg: DictConfig, model: HPAModule, trained_in: RunDir) -> HPADataModule:
-    """The test data: ``data=...`` when given, else the data config of the checkpoint's run;
-    ``split_file=...`` when given, else the run's split.csv."""
+def _data_config(cfg: DictConfig, trained_in: RunDir) -> tuple[DictConfig, int | None]:
+    """The test data config (``data=...`` when given, else the data config of the checkpoint's
+    run) with the image sizes the TTA mode needs (``hpa.evaluation.tta.tta_input``), and the
+    crop size of a crop mode."""
     data_cfg = cfg.data if cfg.get("data") else trained_in.data_config()
+    sizes = tta_input(cfg.tta, int(data_cfg.image_size), data_cfg.get("load_size"))
+    sized = OmegaConf.merge(
+        data_cfg, {"image_size": sizes.image_size, "load_size": sizes.load_size}
+    )
+    return sized, sizes.crop_size
+
+
+def _datamodule(
+    cfg: DictConfig, data_cfg: DictConfig, model: HPAModule, trained_in: RunDir
+) -> HPADataModule:
+    """The test data of ``data_cfg``; ``split_file=...`` when given, else the run's split.csv."""
     return builders.build_evaluation_datamodule(
         data_cfg,
         model,

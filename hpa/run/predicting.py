@@ -25,10 +25,12 @@ from torch.utils.data import DataLoader
 from hpa.data.cache import ensure_cache
 from hpa.data.dataset import RGBYDataset, collate_samples
 from hpa.data.reader import read_ids_csv
+from hpa.data.transforms import evaluation_crop
 from hpa.data.validate import checked_samples
 from hpa.errors import HPAInputError
 from hpa.evaluation import ensemble
 from hpa.evaluation.thresholds import binarize
+from hpa.evaluation.tta import tta_input
 from hpa.labels import CHANNELS, CLASS_NAMES, format_target
 from hpa.run import builders
 from hpa.run.checkpoints import checkpoint_paths, load_module
@@ -93,11 +95,16 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     )
     run_dir.write_skipped_images(skipped)
     ids = all_ids[keep]
-    image_size = cfg.data.image_size or RunDir.of_checkpoint(paths[0]).image_size()
+    trained_in = RunDir.of_checkpoint(paths[0])
+    image_size = cfg.data.image_size or trained_in.image_size()
     if image_size is None:
         raise HPAInputError(f"image size of {paths[0]} unknown: set data.image_size")
+    # a run trained on crops (data.load_size) is given the centre crop, or (tta=dihedral_crops)
+    # the whole image to take its own crops of
+    load_size = cfg.data.get("load_size") or trained_in.load_size()
+    sizes = tta_input(cfg.tta, int(image_size), load_size)
 
-    loader = _test_loader(cfg, root / "test", ids, int(image_size))
+    loader = _test_loader(cfg, root / "test", ids, sizes.image_size, sizes.load_size)
     writer = ProbabilityWriter(len(ids))
     trainer = builders.build_trainer(
         cfg, callbacks=[writer], loggers=[], enable_checkpointing=False
@@ -105,7 +112,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     members = []
     for path in paths:
         log.info("predicting %d images with %s (tta=%s)", len(ids), path, cfg.tta)
-        model = load_module(path, cfg.tta, cfg.tta_reduce)
+        model = load_module(path, cfg.tta, cfg.tta_reduce, sizes.crop_size)
         trainer.predict(model, dataloaders=loader, return_predictions=False)
         members.append(
             ensemble.Member(path, writer.probabilities, model.class_thresholds.cpu().numpy())
@@ -131,12 +138,19 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     return submission
 
 
-def _test_loader(cfg: DictConfig, image_dir: Path, ids: np.ndarray, image_size: int) -> DataLoader:
-    """The test images (from the packed cache with ``data.cache=true``), in ``ids`` order."""
+def _test_loader(
+    cfg: DictConfig, image_dir: Path, ids: np.ndarray, image_size: int, load_size: int | None
+) -> DataLoader:
+    """The test images (from the packed cache with ``data.cache=true``), in ``ids`` order; read
+    at ``load_size`` and centre-cropped to ``image_size`` when one is given."""
+    read_size = load_size or image_size
     cache = None
     if cfg.data.get("cache"):
-        cache = ensure_cache(image_dir, ids, image_size, cfg.data.get("cache_dir"))
-    dataset = RGBYDataset(image_dir, ids, None, image_size, cache=cache)
+        cache = ensure_cache(image_dir, ids, read_size, cfg.data.get("cache_dir"))
+    crop = evaluation_crop(image_size, load_size)
+    dataset = RGBYDataset(
+        image_dir, ids, None, image_size, augmentation=crop, cache=cache, load_size=read_size
+    )
     return DataLoader(
         dataset,
         batch_size=cfg.data.batch_size,

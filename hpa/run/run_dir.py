@@ -5,6 +5,7 @@ A training run (``python -m hpa.train``) writes::
 
     RUN/.hydra/config.yaml  overrides.yaml  hydra.yaml   the composed config (Hydra)
     RUN/checkpoints/best.ckpt  last.ckpt                best by the optimized metric; latest
+    RUN/checkpoints/epoch=NN.ckpt               the last K epochs (callbacks.epoch_checkpoints)
     RUN/split.csv               Id,split[,fold]
     RUN/metrics.json            final val and test metrics, plain floats
     RUN/thresholds.json         per-class decision thresholds
@@ -17,8 +18,10 @@ A training run (``python -m hpa.train``) writes::
     RUN/report/                 figures and report.md (hpa.report)
 
 ``hpa.eval`` writes the metrics, predictions and per-class files into its own run directory;
-``hpa.predict`` writes ``submission.csv`` and ``probabilities.csv``. Other modules ask a ``RunDir``
-for these paths and contents instead of spelling the names again.
+``hpa.predict`` writes ``submission.csv`` and ``probabilities.csv``. ``hpa.average RUN --last K``
+writes a sub-run ``RUN/average-lastK/`` that reads like a run (its ``.hydra/`` is RUN's config with
+an ``average`` node added) holding ``checkpoints/averaged.ckpt`` and the files of a finished run.
+Other modules ask a ``RunDir`` for these paths and contents instead of spelling the names again.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hpa.errors import HPAInputError
 from hpa.evaluation.thresholds import load_thresholds, save_thresholds
-from hpa.io import write_csv, write_json
+from hpa.io import atomic_path, write_csv, write_json
 from hpa.labels import CLASS_NAMES
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,10 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT_STEM = "best"
 LAST_CHECKPOINT_STEM = "last"
 CHECKPOINT_SUFFIX = ".ckpt"
+EPOCH_CHECKPOINT_PREFIX = "epoch="
+# Lightning's filename template of the epoch checkpoints: checkpoints/epoch=07.ckpt
+EPOCH_CHECKPOINT_TEMPLATE = EPOCH_CHECKPOINT_PREFIX + "{epoch:02d}"
+AVERAGED_CHECKPOINT_STEM = "averaged"
 
 
 class RunDir:
@@ -55,6 +62,8 @@ class RunDir:
     HYDRA = f"{HYDRA_DIR}/hydra.yaml"
     BEST_CHECKPOINT = f"{CHECKPOINT_DIR}/{BEST_CHECKPOINT_STEM}{CHECKPOINT_SUFFIX}"
     LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT_STEM}{CHECKPOINT_SUFFIX}"
+    AVERAGED_CHECKPOINT = f"{CHECKPOINT_DIR}/{AVERAGED_CHECKPOINT_STEM}{CHECKPOINT_SUFFIX}"
+    AVERAGE_SUBRUN = "average-last{last}"  # RUN/average-last5/: hpa.average RUN --last 5
     SPLIT = "split.csv"
     METRICS = "metrics.json"
     THRESHOLDS = "thresholds.json"
@@ -76,6 +85,7 @@ class RunDir:
         self.last_checkpoint = self.path / self.LAST_CHECKPOINT
         self.split_file = self.path / self.SPLIT
         self.report_dir = self.path / self.REPORT_DIR
+        self.averaged_checkpoint = self.path / self.AVERAGED_CHECKPOINT
 
     @classmethod
     def of_checkpoint(cls, checkpoint_path: str | Path) -> RunDir:
@@ -109,6 +119,20 @@ class RunDir:
     # ----------------------------------------------------------------------------------------
     # paths (the fixed ones are attributes: checkpoint_dir, best_checkpoint, ...)
     # ----------------------------------------------------------------------------------------
+
+    def epoch_checkpoints(self) -> list[Path]:
+        """``checkpoints/epoch=NN.ckpt`` files, in epoch order."""
+        found = self.checkpoint_dir.glob(f"{EPOCH_CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX}")
+        numbered = []
+        for path in found:
+            number = path.stem.removeprefix(EPOCH_CHECKPOINT_PREFIX)
+            if number.isdigit():
+                numbered.append((int(number), path))
+        return [path for _, path in sorted(numbered)]
+
+    def average_subrun(self, last: int) -> RunDir:
+        """The sub-run ``hpa.average`` writes for the average of the last ``last`` epochs."""
+        return RunDir(self.path / self.AVERAGE_SUBRUN.format(last=last))
 
     def metrics_csv(self) -> Path | None:
         """The CSV logger's metrics.csv (``csv/metrics.csv`` by default, else any in the run)."""
@@ -168,6 +192,14 @@ class RunDir:
         if not self.is_run():
             return None
         return int(self.data_config().image_size)
+
+    def load_size(self) -> int | None:
+        """The size the run read its images at before cropping (``data.load_size``), or None
+        when it read them at its image size."""
+        if not self.is_run():
+            return None
+        load_size = self.data_config().get("load_size")
+        return None if load_size is None else int(load_size)
 
     def overrides(self) -> list[str]:
         """The command-line overrides of the run."""
@@ -250,6 +282,27 @@ class RunDir:
         if table is not None:
             write_csv(self.path / self.EXTERNAL_SAMPLES, table)
 
+    def write_config_derived_from(
+        self, source: RunDir, node: str, values: dict, override: str
+    ) -> None:
+        """Make this directory read as a run derived from ``source`` (``hpa.average``): its
+        ``.hydra/`` is ``source``'s, with ``node: values`` added to the config, ``override``
+        added to the overrides (so ``hpa.compare`` labels it) and this directory as Hydra's
+        output directory."""
+        config = OmegaConf.load(source.path / self.CONFIG)
+        OmegaConf.update(config, node, values, force_add=True)
+        overrides = [*source.overrides(), override]
+        hydra_path = source.path / self.HYDRA
+        hydra = OmegaConf.load(hydra_path) if hydra_path.is_file() else OmegaConf.create()
+        OmegaConf.update(
+            hydra, "hydra.runtime.output_dir", str(self.path.resolve()), force_add=True
+        )
+        for name, content in ((self.CONFIG, config), (self.HYDRA, hydra)):
+            with atomic_path(self.path / name) as temporary:
+                OmegaConf.save(content, temporary)
+        with atomic_path(self.path / self.OVERRIDES) as temporary:
+            OmegaConf.save(OmegaConf.create(overrides), temporary)
+
     def write_submission(self, submission: pd.DataFrame, probabilities: pd.DataFrame) -> None:
         write_csv(self.path / self.SUBMISSION, submission)
         write_csv(self.path / self.PROBABILITIES, probabilities)
@@ -278,5 +331,22 @@ def last_checkpoint_callback(run_dir: str | Path) -> pl.callbacks.ModelCheckpoin
         filename=LAST_CHECKPOINT_STEM,
         monitor=None,
         save_top_k=1,
+        enable_version_counter=False,
+    )
+
+
+def epoch_checkpoints_callback(run_dir: str | Path, keep_last: int) -> pl.callbacks.ModelCheckpoint:
+    """Lightning's ModelCheckpoint keeping ``RUN/checkpoints/epoch=NN.ckpt`` of the last
+    ``keep_last`` epochs (0: none), the checkpoints ``hpa.average RUN --last K`` averages.
+    Lightning keeps the top k by a monitored value: here the epoch, so the latest ones."""
+    if keep_last < 0:
+        raise ValueError(f"keep_last must be >= 0 (0: no epoch checkpoints), got {keep_last}")
+    return pl.callbacks.ModelCheckpoint(
+        dirpath=RunDir(run_dir).checkpoint_dir,
+        filename=EPOCH_CHECKPOINT_TEMPLATE,
+        monitor="epoch",
+        mode="max",
+        save_top_k=keep_last,
+        auto_insert_metric_name=False,
         enable_version_counter=False,
     )

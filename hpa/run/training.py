@@ -1,15 +1,22 @@
 """One training job: fit, validate the best checkpoint, tune decision thresholds, test, write the
-run directory and its report. ``python -m hpa.train`` runs it (hpa/train.py)."""
+run directory and its report. ``python -m hpa.train`` runs it (hpa/train.py).
+
+``write_data_artifacts`` and ``finish_run`` (everything after the weights are fixed) are shared
+with ``hpa.average`` (hpa/run/checkpoint_averaging.py), which finishes averaged weights as a run.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
+from pytorch_lightning.loggers import Logger
 
 from hpa.data.datamodule import HPADataModule
 from hpa.data.epoch_seeding import epoch_seeding
@@ -37,10 +44,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job described by ``cfg``; returns its final metrics."""
     resumed_position = prepare_resume(cfg)  # resume=RUN_DIR, ckpt_path=last: continue that run
     run_dir = RunDir(cfg.paths.output_dir)
-    # offline nodes: no pretrained weights to be had stops the run before any work
-    ensure_pretrained_weights(
-        cfg.model.name, cfg.model.get("pretrained", False), cfg.model.get("pretrained_path")
-    )
+    # offline nodes: no pretrained weights to be had stops the run before any work (a run that
+    # starts from a checkpoint, model.init_from, needs none)
+    if not cfg.model.get("init_from"):
+        ensure_pretrained_weights(
+            cfg.model.name, cfg.model.get("pretrained", False), cfg.model.get("pretrained_path")
+        )
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -48,10 +57,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # Prepare and validate the data now, so bad input stops the run before any training.
     datamodule.prepare_data()
     datamodule.setup("fit")
-    datamodule.save_split(run_dir.split_file)
-    run_dir.write_skipped_images(datamodule.skipped_images)
-    run_dir.write_leak_report(datamodule.leak_report)
-    run_dir.write_external_samples(datamodule.external_samples)
+    write_data_artifacts(run_dir, datamodule)
 
     model = builders.build_module(cfg, datamodule)
     callbacks = builders.build_callbacks(cfg) + epoch_seeding(cfg.get("seed"))
@@ -65,26 +71,61 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted")
 
-    best_path = _best_checkpoint_path(trainer)
+    final_metrics = finish_run(
+        trainer,
+        model,
+        datamodule,
+        run_dir,
+        _best_checkpoint_path(trainer),
+        test=bool(cfg.get("test")),
+        report=bool(cfg.get("report")),
+        loggers=loggers,
+    )
+    finish_wandb_runs(loggers, final_metrics)
+    close_process_group()
+    return final_metrics
+
+
+def write_data_artifacts(run_dir: RunDir, datamodule: HPADataModule) -> None:
+    """The split and the data reports of a set-up datamodule: split.csv, skipped images,
+    duplicate leaks, external samples."""
+    datamodule.save_split(run_dir.split_file)
+    run_dir.write_skipped_images(datamodule.skipped_images)
+    run_dir.write_leak_report(datamodule.leak_report)
+    run_dir.write_external_samples(datamodule.external_samples)
+
+
+def finish_run(
+    trainer: pl.Trainer,
+    model: HPAModule,
+    datamodule: HPADataModule,
+    run_dir: RunDir,
+    checkpoint_path: str | Path | None,
+    test: bool,
+    report: bool,
+    loggers: Sequence[Logger] = (),
+) -> dict[str, float]:
+    """What a run does once its weights are fixed (in ``checkpoint_path``, or in ``model`` when
+    None): validate them, tune the decision thresholds (into thresholds.json and the checkpoint),
+    test them (``test``: metrics, test_predictions.csv, test_per_class.csv), write metrics.json
+    and (``report``) the report. Returns the final metrics."""
     final_metrics = {}
-    for result in trainer.validate(model, datamodule=datamodule, ckpt_path=best_path):
+    for result in trainer.validate(model, datamodule=datamodule, ckpt_path=checkpoint_path):
         final_metrics.update(result)
-    thresholds = _decision_thresholds(trainer, model, datamodule, best_path)
+    thresholds = _decision_thresholds(trainer, model, datamodule, checkpoint_path)
     run_dir.write_thresholds(thresholds)
-    if best_path:
-        store_thresholds_in_checkpoint(best_path, thresholds)
-    if cfg.get("test"):
-        for result in trainer.test(model, datamodule=datamodule, ckpt_path=best_path):
+    if checkpoint_path:
+        store_thresholds_in_checkpoint(checkpoint_path, thresholds)
+    if test:
+        for result in trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint_path):
             final_metrics.update(result)
         write_test_artifacts(run_dir, model, datamodule.datasets["test"])
 
     final_metrics = {name: float(value) for name, value in sorted(final_metrics.items())}
     run_dir.write_metrics(final_metrics)
-    if cfg.get("report") and trainer.is_global_zero:
-        run_report.log_to_wandb(loggers, run_report.write_report(run_dir.path))
-    _log_summary(final_metrics, run_dir)
-    finish_wandb_runs(loggers, final_metrics)
-    close_process_group()
+    if report and trainer.is_global_zero:
+        run_report.log_to_wandb(list(loggers), run_report.write_report(run_dir.path))
+    _log_summary(final_metrics, run_dir, checkpoint_path)
     return final_metrics
 
 
@@ -92,7 +133,7 @@ def _decision_thresholds(
     trainer: pl.Trainer,
     model: HPAModule,
     datamodule: HPADataModule,
-    best_path: str | None,
+    checkpoint_path: str | Path | None,
 ) -> np.ndarray:
     """One threshold per class, chosen by the policy ``model.thresholds`` (with
     ``model.threshold_params``) on the validation predictions of the best checkpoint
@@ -103,7 +144,9 @@ def _decision_thresholds(
         params.setdefault("threshold", float(model.hparams.threshold))
     if policy == "fixed":
         return decision_thresholds(policy, *_no_predictions(), **params)
-    batches = trainer.predict(model, dataloaders=datamodule.val_dataloader(), ckpt_path=best_path)
+    batches = trainer.predict(
+        model, dataloaders=datamodule.val_dataloader(), ckpt_path=checkpoint_path
+    )
     # under DDP each rank predicted its own rows: gather all of them, in dataset order
     probabilities = gather_in_dataset_order(trainer.strategy, torch.cat(batches)).float().numpy()
     targets = datamodule.datasets["val"].labels[: len(probabilities)]
@@ -129,13 +172,16 @@ def _best_checkpoint_path(trainer: pl.Trainer) -> str | None:
     return None
 
 
-def _log_summary(final_metrics: dict[str, float], run_dir: RunDir) -> None:
+def _log_summary(
+    final_metrics: dict[str, float], run_dir: RunDir, checkpoint_path: str | Path | None
+) -> None:
     lines = [
         f"  {name:<18} {final_metrics[name]:.4f}"
         for name in metrics.HEADLINE
         if name in final_metrics
     ]
-    log.info("final metrics (best checkpoint):\n%s\nrun directory: %s", "\n".join(lines), run_dir)
+    weights = Path(checkpoint_path).name if checkpoint_path else "final weights"
+    log.info("final metrics (%s):\n%s\nrun directory: %s", weights, "\n".join(lines), run_dir)
 
 
 def objective(cfg: DictConfig, final_metrics: dict[str, float]) -> float | None:

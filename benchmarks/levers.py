@@ -1,0 +1,186 @@
+"""The levers of the 2018 leaderboard added one at a time, on the synthetic default, over seeds:
+the seed's baseline, today's tuned recipe (oversampling and focal loss), then each lever on top of
+the tuned recipe, and the table of ``hpa.compare --group-seeds`` (mean ± sd of test macro F1,
+sample F1 and minority recall over the seeds). docs/levers.md lists the levers.
+
+    python -m benchmarks.levers                          # every lever, seeds 0,1,2 (hours)
+    python -m benchmarks.levers --seeds 0 --levers tuned,average --images 200 --epochs 2  # smoke
+    python -m benchmarks.levers --dry-run                # the commands, not run
+
+Runs go to ``--root`` (default logs/levers), one folder per lever and seed; a seed whose run
+finished is not run again, so an interrupted table resumes. Synthetic scores show how the levers
+move a model on the synthetic images; they predict nothing about real data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.common import REPO
+from hpa.run.run_dir import RunDir
+
+log = logging.getLogger("benchmarks.levers")
+
+TUNED = ("data.oversample=true", "loss=focal")
+AVERAGED_EPOCHS = 3
+"""The tuned runs keep their last 3 epoch checkpoints (fewer in shorter runs) for hpa.average."""
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One row of the table. ``kind``: ``train`` (a run per seed with ``overrides``), ``average``
+    (hpa.average of ``base``'s runs), ``eval`` (hpa.eval of ``base``'s best checkpoints with
+    ``overrides``), ``stage2`` (a run per seed starting from ``base``'s best checkpoint)."""
+
+    name: str
+    kind: str
+    overrides: tuple[str, ...] = ()
+    base: str | None = None
+
+
+def levers(last: int, load_size: int, stage2_size: int, stage2_epochs: int) -> list[Lever]:
+    """Every lever: ``last`` epochs averaged, crops of images read at ``load_size``, a second
+    stage at ``stage2_size`` for ``stage2_epochs``."""
+    return [
+        Lever("seed_baseline", "train", ("experiment=seed_cnn_baseline",)),
+        Lever("tuned", "train", (*TUNED, f"callbacks.epoch_checkpoints.keep_last={last}")),
+        Lever("lovasz", "train", ("data.oversample=true", "loss=lovasz")),
+        Lever("focal_lovasz", "train", ("data.oversample=true", "loss=focal_lovasz")),
+        Lever("bce_ohem", "train", ("data.oversample=true", "loss=bce_ohem")),
+        # a short run: an EMA spanning about 50 steps rather than the default's 1,000
+        Lever("ema", "train", (*TUNED, "callbacks=ema", "callbacks.weight_averaging.decay=0.98")),
+        Lever("swa", "train", (*TUNED, "callbacks=swa")),
+        Lever("average", "average", (f"--last={last}",), base="tuned"),
+        Lever("crops", "train", (*TUNED, f"data.load_size={load_size}")),
+        Lever("dihedral_crops", "eval", ("tta=dihedral_crops", "tta_reduce=max"), base="crops"),
+        Lever(
+            "init_from",
+            "stage2",
+            (*TUNED, f"data.image_size={stage2_size}", f"trainer.max_epochs={stage2_epochs}"),
+            base="tuned",
+        ),
+    ]
+
+
+def with_bases(chosen: list[Lever], every: dict[str, Lever]) -> list[Lever]:
+    """``chosen`` and the levers they build on, bases first."""
+    ordered: list[Lever] = []
+    for lever in chosen:
+        for needed in (every[lever.base], lever) if lever.base else (lever,):
+            if needed not in ordered:
+                ordered.append(needed)
+    return ordered
+
+
+def run_dir(root: Path, lever: str, seed: int) -> Path:
+    return root / lever / f"seed{seed}"
+
+
+def commands(lever: Lever, seed: int, root: Path, common: tuple[str, ...]) -> list[list[str]]:
+    """The commands of one lever for one seed (the base's runs already done)."""
+    output = run_dir(root, lever.name, seed)
+    if lever.kind in ("train", "stage2"):
+        start = ()
+        if lever.kind == "stage2":
+            best = run_dir(root, lever.base, seed) / RunDir.BEST_CHECKPOINT
+            start = (f"model.init_from={best}",)
+        overrides = merged(common, (f"seed={seed}", *lever.overrides, *start))
+        return [["hpa.train", f"hydra.run.dir={output}", *overrides]]
+    if lever.kind == "average":
+        # the sub-run is written beside the run; the job's own log goes here, without a
+        # .hydra/ that hpa.compare would take for an unfinished run
+        return [
+            [
+                "hpa.average",
+                str(run_dir(root, lever.base, seed)),
+                *lever.overrides,
+                f"hydra.run.dir={output}",
+                "hydra.output_subdir=null",
+            ]
+        ]
+    if lever.kind == "eval":
+        best = run_dir(root, lever.base, seed) / RunDir.BEST_CHECKPOINT
+        return [["hpa.eval", f"ckpt_path={best}", f"hydra.run.dir={output}", *lever.overrides]]
+    raise ValueError(f"unknown lever kind {lever.kind!r}")
+
+
+def merged(*override_lists: tuple[str, ...]) -> list[str]:
+    """The overrides of all lists, a later value of a key replacing an earlier one (Hydra refuses
+    a key given twice)."""
+    by_key: dict[str, str] = {}
+    for overrides in override_lists:
+        for override in overrides:
+            by_key[override.split("=", 1)[0]] = override
+    return list(by_key.values())
+
+
+def finished(lever: Lever, seed: int, root: Path) -> bool:
+    if lever.kind == "average":
+        last = int(lever.overrides[0].removeprefix("--last="))
+        return RunDir(run_dir(root, lever.base, seed)).average_subrun(last).is_finished()
+    return RunDir(run_dir(root, lever.name, seed)).is_finished()
+
+
+def run(command: list[str], dry_run: bool) -> None:
+    line = [sys.executable, "-m", *command]
+    log.info("%s", " ".join(line))
+    if dry_run:
+        return
+    result = subprocess.run(line, cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(
+            f"failed ({result.returncode}): {' '.join(command)}\n{result.stderr[-3000:]}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=REPO / "logs" / "levers")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (0,1,2)")
+    parser.add_argument("--levers", default=None, help="comma-separated names (default: all)")
+    parser.add_argument("--images", type=int, default=1000, help="synthetic images (1000)")
+    parser.add_argument("--size", type=int, default=64, help="training image size (64)")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of a run (6)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = parser.parse_args(argv)
+
+    load_size, stage2_size = args.size * 5 // 4, args.size * 3 // 2
+    last = min(AVERAGED_EPOCHS, args.epochs)
+    every = {
+        lever.name: lever for lever in levers(last, load_size, stage2_size, args.epochs // 2 or 1)
+    }
+    names = args.levers.split(",") if args.levers else list(every)
+    unknown = [name for name in names if name not in every]
+    if unknown:
+        parser.error(f"unknown lever(s) {unknown}; choose from {', '.join(every)}")
+    common = (
+        f"paths.root_dir={REPO}",
+        # generated once at the largest size the levers read (the second stage's)
+        f"data.synthetic.num_images={args.images}",
+        f"data.synthetic.image_size={stage2_size}",
+        f"data.image_size={args.size}",
+        f"trainer.max_epochs={args.epochs}",
+    )
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    for lever in with_bases([every[name] for name in names], every):
+        for seed in seeds:
+            if finished(lever, seed, args.root) and not args.dry_run:
+                log.info("%s, seed %d: done already", lever.name, seed)
+                continue
+            for command in commands(lever, seed, args.root, common):
+                run(command, args.dry_run)
+
+    table = ["hpa.compare", str(args.root), "--group-seeds", "--sort", "test/f1_macro"]
+    log.info("%s", " ".join([sys.executable, "-m", *table]))
+    if not args.dry_run:
+        subprocess.run([sys.executable, "-m", *table], cwd=REPO, check=True)
+
+
+if __name__ == "__main__":
+    main()
