@@ -4,45 +4,60 @@ HPA micrographs have no preferred orientation, so predictions should not change 
 90-degree rotations; averaging over them reduces the variance of a model that is not exactly
 invariant. Rotations swap height and width, so "dihedral" on non-square images needs a model
 that accepts any size (all timm CNNs with global pooling do).
+
+The transforms and the reduction take torch tensors and numpy arrays alike: the ONNX backend of
+``hpa.predict`` runs them on numpy batches in a process without torch, so this module imports
+torch only to reduce tensors it is given.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-import torch
+import numpy as np
 
 from hpa.errors import HPAInputError
 
-Transform = Callable[[torch.Tensor], torch.Tensor]
+Transform = Callable[[Any], Any]
+"""A (B, C, H, W) torch tensor or numpy array -> the same kind of batch, transformed."""
 
 TTA_MODES = ("none", "flips", "dihedral")
 TTA_REDUCTIONS = ("mean", "max")
 _SPATIAL = (-2, -1)
 
 
-def _identity(images: torch.Tensor) -> torch.Tensor:
+def _flip(images, axes: tuple[int, ...]):
+    if isinstance(images, np.ndarray):
+        return np.flip(images, axis=axes)
+    return images.flip(axes)  # torch.flip
+
+
+def _identity(images):
     return images
 
 
-def _hflip(images: torch.Tensor) -> torch.Tensor:
-    return torch.flip(images, dims=(-1,))
+def _hflip(images):
+    return _flip(images, (-1,))
 
 
-def _vflip(images: torch.Tensor) -> torch.Tensor:
-    return torch.flip(images, dims=(-2,))
+def _vflip(images):
+    return _flip(images, (-2,))
 
 
-def _hvflip(images: torch.Tensor) -> torch.Tensor:
-    return torch.flip(images, dims=_SPATIAL)
+def _hvflip(images):
+    return _flip(images, _SPATIAL)
 
 
 def _dihedral(k: int, flip: bool) -> Transform:
-    """Horizontal flip (if ``flip``) then rotation by ``k`` quarter turns."""
+    """Horizontal flip (if ``flip``) then rotation by ``k`` quarter turns (counter-clockwise, from
+    the height axis towards the width axis, in torch and numpy alike)."""
 
-    def transform(images: torch.Tensor) -> torch.Tensor:
+    def transform(images):
         flipped = _hflip(images) if flip else images
-        return torch.rot90(flipped, k=k, dims=_SPATIAL)
+        if isinstance(flipped, np.ndarray):
+            return np.rot90(flipped, k=k, axes=_SPATIAL)
+        return flipped.rot90(k, _SPATIAL)  # torch.rot90
 
     transform.__name__ = f"rot90_k{k}{'_hflip' if flip else ''}"
     return transform
@@ -74,20 +89,28 @@ def check_tta_options(mode: str, reduce: str) -> None:
 
 
 def predict_with_tta(
-    model_fn: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
+    model_fn: Callable[[Any], Any],
+    images: Any,
     mode: str = "none",
     reduce: str = "mean",
-) -> torch.Tensor:
+) -> Any:
     """Reduce ``model_fn``'s (B, 28) probabilities over the ``mode`` transforms of ``images``.
 
-    ``images`` is a (B, C, H, W) batch of any dtype (uint8 for HPAModule); ``reduce`` is "mean" or
-    "max" over transforms. Gradient mode and model train/eval state are left to the caller.
+    ``images`` is a (B, C, H, W) torch tensor or numpy array of any dtype (uint8 for HPAModule and
+    the ONNX models); ``model_fn`` returns the same kind; ``reduce`` is "mean" or "max" over
+    transforms. Gradient mode and model train/eval state are left to the caller. Numpy batches
+    are transformed as views (negative strides): ``model_fn`` copies them if it must.
     """
     if reduce not in TTA_REDUCTIONS:
         raise ValueError(f"unknown TTA reduce {reduce!r}; expected one of {TTA_REDUCTIONS}")
     transforms = tta_transforms(mode)
     if images.ndim != 4:
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-    outputs = torch.stack([model_fn(transform(images)) for transform in transforms])
-    return outputs.mean(dim=0) if reduce == "mean" else outputs.amax(dim=0)
+    outputs = [model_fn(transform(images)) for transform in transforms]
+    if isinstance(outputs[0], np.ndarray):
+        stacked = np.stack(outputs)
+        return stacked.mean(axis=0) if reduce == "mean" else stacked.max(axis=0)
+    import torch  # loaded already: the model returned tensors
+
+    stacked = torch.stack(outputs)
+    return stacked.mean(dim=0) if reduce == "mean" else stacked.amax(dim=0)

@@ -17,19 +17,24 @@ A training run (``python -m hpa.train``) writes::
     RUN/report/                 figures and report.md (hpa.report)
 
 ``hpa.eval`` writes the metrics, predictions and per-class files into its own run directory;
-``hpa.predict`` writes ``submission.csv`` and ``probabilities.csv``. Other modules ask a ``RunDir``
-for these paths and contents instead of spelling the names again.
+``hpa.predict`` writes ``submission.csv`` and ``probabilities.csv``; ``hpa.explain`` writes
+``explanations/{Id}.png`` (class activation maps); ``hpa.export`` writes ``model.onnx``. Other
+modules ask a ``RunDir`` for these paths and contents instead of spelling the names again.
+
+This module imports neither torch nor Lightning (the checkpoint callbacks import Lightning when
+called), so that prediction with an exported ONNX model runs without them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -37,6 +42,9 @@ from hpa.errors import HPAInputError
 from hpa.evaluation.thresholds import load_thresholds, save_thresholds
 from hpa.io import write_csv, write_json
 from hpa.labels import CLASS_NAMES
+
+if TYPE_CHECKING:
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +76,9 @@ class RunDir:
     CSV_LOGGER_DIR = "csv"
     CSV_METRICS = f"{CSV_LOGGER_DIR}/metrics.csv"
     REPORT_DIR = "report"
+    EXPLANATIONS_DIR = "explanations"
+    EXPLANATION_SUFFIX = ".png"  # EXPLANATIONS_DIR/{Id}.png: one image's maps (hpa.explain)
+    ONNX_MODEL = "model.onnx"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -125,6 +136,18 @@ class RunDir:
     def report_dir(self) -> Path:
         return self.path / self.REPORT_DIR
 
+    @property
+    def explanations_dir(self) -> Path:
+        return self.path / self.EXPLANATIONS_DIR
+
+    def explanation_png(self, sample_id: str) -> Path:
+        """The PNG of one image's class activation maps: ``explanations/{Id}.png``."""
+        return self.explanations_dir / f"{sample_id}{self.EXPLANATION_SUFFIX}"
+
+    @property
+    def onnx_model(self) -> Path:
+        return self.path / self.ONNX_MODEL
+
     def metrics_csv(self) -> Path | None:
         """The CSV logger's metrics.csv (``csv/metrics.csv`` by default, else any in the run)."""
         default = self.path / self.CSV_METRICS
@@ -160,6 +183,11 @@ class RunDir:
         if hydra_path.is_file():
             config = OmegaConf.merge(config, OmegaConf.load(hydra_path))
         return config
+
+    def config_text(self) -> str:
+        """``.hydra/config.yaml`` as written (its interpolations unresolved); "" when absent."""
+        path = self.path / self.CONFIG
+        return path.read_text() if path.is_file() else ""
 
     def resolved(self, key: str) -> DictConfig:
         """The run's config node ``key`` (e.g. ``data``) with its interpolations resolved."""
@@ -231,6 +259,13 @@ class RunDir:
         """``split.csv`` as a table of strings (Id, split[, fold])."""
         return pd.read_csv(self.split_file, dtype=str, keep_default_na=False)
 
+    def test_ids(self) -> np.ndarray:
+        """The ids of the test split in ``split.csv`` order; HPAInputError without split.csv."""
+        if not self.split_file.is_file():
+            raise HPAInputError(f"{self.split_file} not found: no test split known for {self.path}")
+        split = self.split()
+        return split.loc[split["split"] == "test", "Id"].to_numpy(dtype=str)
+
     # ----------------------------------------------------------------------------------------
     # writers (all atomic)
     # ----------------------------------------------------------------------------------------
@@ -270,10 +305,37 @@ class RunDir:
         write_csv(self.path / self.PROBABILITIES, probabilities)
 
 
-def best_checkpoint_callback(run_dir: str | Path, **kwargs) -> pl.callbacks.ModelCheckpoint:
+def model_files(
+    given: str | Path | Sequence[str | Path], name_in_run: str, what: str = "checkpoint"
+) -> list[Path]:
+    """Model files (``what``: checkpoints, ONNX models) given as a file, a list of them, or folders
+    holding ``**/{name_in_run}`` (a run or a multirun of k-fold runs), as a list of files;
+    HPAInputError for a path that does not exist or a folder without any."""
+    if isinstance(given, str | Path):
+        given = [given]
+    entries = [Path(str(entry)) for entry in given]
+    if not entries:
+        raise HPAInputError(f"ckpt_path is empty: give a {what}, a list of them or a folder")
+    paths: list[Path] = []
+    for entry in entries:
+        if entry.is_dir():
+            found = sorted(entry.glob(f"**/{name_in_run}"))
+            if not found:
+                raise HPAInputError(f"no {name_in_run} under {entry}")
+            paths.extend(found)
+        elif entry.is_file():
+            paths.append(entry)
+        else:
+            raise HPAInputError(f"{what} {entry} does not exist")
+    return paths
+
+
+def best_checkpoint_callback(run_dir: str | Path, **kwargs) -> ModelCheckpoint:
     """Lightning's ModelCheckpoint keeping ``RUN/checkpoints/best.ckpt``: the best by ``monitor``
     (with ``mode``), overwritten when it improves. Other ModelCheckpoint arguments pass
     through."""
+    import pytorch_lightning as pl
+
     return pl.callbacks.ModelCheckpoint(
         dirpath=RunDir(run_dir).checkpoint_dir,
         filename=BEST_CHECKPOINT_STEM,
@@ -284,10 +346,12 @@ def best_checkpoint_callback(run_dir: str | Path, **kwargs) -> pl.callbacks.Mode
     )
 
 
-def last_checkpoint_callback(run_dir: str | Path) -> pl.callbacks.ModelCheckpoint:
+def last_checkpoint_callback(run_dir: str | Path) -> ModelCheckpoint:
     """Lightning's ModelCheckpoint writing ``RUN/checkpoints/last.ckpt`` after every epoch, to
     resume from. A callback of its own: Lightning 2.6 writes a monitoring callback's
     ``save_last`` file only at epochs where the monitored metric improved."""
+    import pytorch_lightning as pl
+
     return pl.callbacks.ModelCheckpoint(
         dirpath=RunDir(run_dir).checkpoint_dir,
         filename=LAST_CHECKPOINT_STEM,
