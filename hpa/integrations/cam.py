@@ -51,7 +51,7 @@ from hpa.evaluation.thresholds import binarize
 from hpa.labels import CHANNELS, CLASS_NAMES
 from hpa.models.backbones import SeedCNN
 from hpa.models.module import HPAModule
-from hpa.plots.figures import save_figure
+from hpa.plots.figures import heat_map_title, save_figure
 from hpa.plots.rgby import heat_map_overlay, rgby_composite
 
 CAM_METHODS: dict[str, type[BaseCAM]] = {
@@ -316,7 +316,7 @@ def draw_explanation(
         panels.append(
             (
                 heat_map_overlay(composite, heat_map),
-                f"{CLASS_NAMES[class_id]}\np = {probability:.2f}",
+                heat_map_title(class_id, probability, heat_map),
             )
         )
     columns = min(columns or len(panels), len(panels))

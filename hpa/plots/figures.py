@@ -179,6 +179,13 @@ CAM_GRID_COLUMNS = 4
 """The class activation map grid: one image per row, its composite then up to 3 maps."""
 
 
+def heat_map_title(class_id: int, probability: float, heat_map: np.ndarray) -> str:
+    """``class name``, ``p = probability`` and, for a map that is zero everywhere (nothing in
+    the layer speaks for the class: GradCAM keeps only positive evidence), a note saying so."""
+    title = f"{CLASS_NAMES[class_id]}\np = {probability:.2f}"
+    return title + " (empty map)" if not np.any(heat_map > 0) else title
+
+
 def plot_class_activation_maps(
     images: Sequence[np.ndarray],
     maps: Sequence[np.ndarray],
@@ -210,7 +217,7 @@ def plot_class_activation_maps(
         panels = zip(image_maps, image_classes, image_probabilities, row[1:], strict=False)
         for heat_map, class_id, probability, axes in panels:
             axes.imshow(heat_map_overlay(composite, heat_map), interpolation="nearest")
-            axes.set_title(f"{CLASS_NAMES[class_id]}\np = {probability:.2f}", fontsize=8)
+            axes.set_title(heat_map_title(class_id, probability, heat_map), fontsize=8)
     figure.suptitle(f"{method}: where the model finds each predicted class", fontsize=11)
     return figure
 

@@ -1,0 +1,1 @@
+"""Scoring models: metric names and metrics, decision thresholds, TTA, ensembles, reports."""

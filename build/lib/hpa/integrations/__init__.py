@@ -1,0 +1,1 @@
+"""Other tools: Weights & Biases logging, ONNX export and inference, class activation maps."""

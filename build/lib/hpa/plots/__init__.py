@@ -1,0 +1,2 @@
+"""Pure plotting functions (tables in, matplotlib figures or RGB arrays out), used by reports
+and notebooks."""

@@ -1,0 +1,19 @@
+"""Predict a Kaggle-layout test folder and write a submission:
+``python -m hpa.predict ckpt_path=PATH data.root=ROOT [tta=dihedral]`` (``hpa-predict``).
+See hpa/run/predicting.py and conf/predict.yaml."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from hpa.run.entry import entry_point
+from hpa.run.predicting import predict
+
+
+@entry_point("predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""What a run is: configs and entry points, builders from config, the run directory, resume."""

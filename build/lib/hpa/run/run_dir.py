@@ -1,0 +1,361 @@
+"""The run directory: the one owner of every artifact and checkpoint name, and of every reader of
+a finished run.
+
+A training run (``python -m hpa.train``) writes::
+
+    RUN/.hydra/config.yaml  overrides.yaml  hydra.yaml   the composed config (Hydra)
+    RUN/checkpoints/best.ckpt  last.ckpt                best by the optimized metric; latest
+    RUN/split.csv               Id,split[,fold]
+    RUN/metrics.json            final val and test metrics, plain floats
+    RUN/thresholds.json         per-class decision thresholds
+    RUN/test_predictions.csv    Id, one probability column per class, Target
+    RUN/test_per_class.csv      precision, recall, F1, support per class
+    RUN/skipped_images.csv      Id,file,problem of samples dropped by data.on_bad_image=skip
+    RUN/duplicate_leaks.csv     duplicate pairs per pair of splits, before and after grouping
+    RUN/external.csv            root,Id,status,reason of each image of data.external
+    RUN/csv/metrics.csv         the CSV logger's per-step and per-epoch metrics
+    RUN/report/                 figures and report.md (hpa.report)
+
+``hpa.eval`` writes the metrics, predictions and per-class files into its own run directory;
+``hpa.predict`` writes ``submission.csv`` and ``probabilities.csv``; ``hpa.explain`` writes
+``explanations/{Id}.png`` (class activation maps); ``hpa.export`` writes ``model.onnx``. Other
+modules ask a ``RunDir`` for these paths and contents instead of spelling the names again.
+
+This module imports neither torch nor Lightning (the checkpoint callbacks import Lightning when
+called), so that prediction with an exported ONNX model runs without them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from hpa.errors import HPAInputError
+from hpa.evaluation.thresholds import load_thresholds, save_thresholds
+from hpa.io import write_csv, write_json
+from hpa.labels import CLASS_NAMES
+
+if TYPE_CHECKING:
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT_STEM = "best"
+LAST_CHECKPOINT_STEM = "last"
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+class RunDir:
+    """One run directory, given by its path (it need not exist yet)."""
+
+    HYDRA_DIR = ".hydra"
+    CONFIG = f"{HYDRA_DIR}/config.yaml"
+    OVERRIDES = f"{HYDRA_DIR}/overrides.yaml"
+    HYDRA = f"{HYDRA_DIR}/hydra.yaml"
+    BEST_CHECKPOINT = f"{CHECKPOINT_DIR}/{BEST_CHECKPOINT_STEM}{CHECKPOINT_SUFFIX}"
+    LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT_STEM}{CHECKPOINT_SUFFIX}"
+    SPLIT = "split.csv"
+    METRICS = "metrics.json"
+    THRESHOLDS = "thresholds.json"
+    TEST_PREDICTIONS = "test_predictions.csv"
+    TEST_PER_CLASS = "test_per_class.csv"
+    SKIPPED_IMAGES = "skipped_images.csv"
+    LEAK_REPORT = "duplicate_leaks.csv"
+    EXTERNAL_SAMPLES = "external.csv"
+    SUBMISSION = "submission.csv"
+    PROBABILITIES = "probabilities.csv"
+    CSV_LOGGER_DIR = "csv"
+    CSV_METRICS = f"{CSV_LOGGER_DIR}/metrics.csv"
+    REPORT_DIR = "report"
+    EXPLANATIONS_DIR = "explanations"
+    EXPLANATION_SUFFIX = ".png"  # EXPLANATIONS_DIR/{Id}.png: one image's maps (hpa.explain)
+    ONNX_MODEL = "model.onnx"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint_path: str | Path) -> RunDir:
+        """The run a checkpoint was saved in: ``RUN/checkpoints/best.ckpt`` -> ``RUN``."""
+        return cls(Path(checkpoint_path).resolve().parent.parent)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # ----------------------------------------------------------------------------------------
+    # what a directory is
+    # ----------------------------------------------------------------------------------------
+
+    def is_run(self) -> bool:
+        """A Hydra run directory (it has ``.hydra/config.yaml``)."""
+        return (self.path / self.CONFIG).is_file()
+
+    def is_finished(self) -> bool:
+        """A run that wrote its final metrics."""
+        return (self.path / self.METRICS).is_file()
+
+    # ----------------------------------------------------------------------------------------
+    # paths
+    # ----------------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.path / self.BEST_CHECKPOINT
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.path / self.LAST_CHECKPOINT
+
+    @property
+    def split_file(self) -> Path:
+        return self.path / self.SPLIT
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / self.REPORT_DIR
+
+    @property
+    def explanations_dir(self) -> Path:
+        return self.path / self.EXPLANATIONS_DIR
+
+    def explanation_png(self, sample_id: str) -> Path:
+        """The PNG of one image's class activation maps: ``explanations/{Id}.png``."""
+        return self.explanations_dir / f"{sample_id}{self.EXPLANATION_SUFFIX}"
+
+    @property
+    def onnx_model(self) -> Path:
+        return self.path / self.ONNX_MODEL
+
+    def metrics_csv(self) -> Path | None:
+        """The CSV logger's metrics.csv (``csv/metrics.csv`` by default, else any in the run)."""
+        default = self.path / self.CSV_METRICS
+        if default.is_file():
+            return default
+        found = [
+            path
+            for path in sorted(self.path.rglob("metrics.csv"))
+            if self.REPORT_DIR not in path.relative_to(self.path).parts
+        ]
+        return found[0] if found else None
+
+    # ----------------------------------------------------------------------------------------
+    # readers
+    # ----------------------------------------------------------------------------------------
+
+    def config(self) -> DictConfig:
+        """The run's composed config; its interpolations resolve, on access, as they did in the
+        run.
+
+        ``${hydra:...}`` interpolations (the working directory, the output directory, the config
+        choices) are answered from the run's own ``.hydra/hydra.yaml``, not from the process
+        reading it; ``${oc.env:...}`` reads this process's environment.
+        """
+        config_path = self.path / self.CONFIG
+        if not config_path.is_file():
+            raise HPAInputError(f"{config_path} not found: {self.path} is not a run directory")
+        # Hydra's `hydra:` resolver reads the running app's HydraConfig; pointing each
+        # `${hydra:key}` at the run's saved hydra node makes it an ordinary interpolation
+        text = config_path.read_text().replace("${hydra:", "${hydra.")
+        config = OmegaConf.create(text)
+        hydra_path = self.path / self.HYDRA
+        if hydra_path.is_file():
+            config = OmegaConf.merge(config, OmegaConf.load(hydra_path))
+        return config
+
+    def config_text(self) -> str:
+        """``.hydra/config.yaml`` as written (its interpolations unresolved); "" when absent."""
+        path = self.path / self.CONFIG
+        return path.read_text() if path.is_file() else ""
+
+    def resolved(self, key: str) -> DictConfig:
+        """The run's config node ``key`` (e.g. ``data``) with its interpolations resolved."""
+        config = self.config()
+        try:
+            node = OmegaConf.select(config, key, throw_on_missing=True)
+            if node is None:
+                raise HPAInputError(f"{self.path / self.CONFIG} has no {key} config")
+            return OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+        except OmegaConfBaseException as error:
+            raise HPAInputError(
+                f"{self.path / self.CONFIG}: cannot resolve its {key} config ({error})"
+            ) from None
+
+    def data_config(self) -> DictConfig:
+        """The run's ``data`` config, resolved."""
+        return self.resolved("data")
+
+    def image_size(self) -> int | None:
+        """The image size the run trained at, or None when the run left no config."""
+        if not self.is_run():
+            return None
+        return int(self.data_config().image_size)
+
+    def overrides(self) -> list[str]:
+        """The command-line overrides of the run."""
+        path = self.path / self.OVERRIDES
+        if not path.is_file():
+            return []
+        return [str(item) for item in (OmegaConf.to_container(OmegaConf.load(path)) or [])]
+
+    def config_choices(self) -> dict[str, str]:
+        """Hydra's config-group choices of the run (``{"model": "resnet18", ...}``)."""
+        path = self.path / self.HYDRA
+        if not path.is_file():
+            return {}
+        choices = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices")
+        return {str(k): str(v) for k, v in (choices or {}).items()}
+
+    def metrics(self) -> dict[str, float]:
+        """``metrics.json``; HPAInputError when the run has none or it is not JSON."""
+        path = self.path / self.METRICS
+        if not path.is_file():
+            raise HPAInputError(f"{path} not found: {self.path} is not a finished run")
+        try:
+            return json.loads(path.read_text())
+        except ValueError as error:
+            raise HPAInputError(f"{path}: not valid JSON ({error})") from None
+
+    def thresholds(self) -> np.ndarray:
+        return load_thresholds(self.path / self.THRESHOLDS)
+
+    def has(self, name: str) -> bool:
+        """Whether the artifact ``name`` (one of the names above) exists."""
+        return (self.path / name).is_file()
+
+    def test_predictions(self) -> pd.DataFrame:
+        """``Id``, a probability column per class name, ``Target`` (ids and targets as str)."""
+        return pd.read_csv(
+            self.path / self.TEST_PREDICTIONS,
+            dtype={"Id": str, "Target": str},
+            keep_default_na=False,
+        )
+
+    def test_per_class(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / self.TEST_PER_CLASS)
+
+    def split(self) -> pd.DataFrame:
+        """``split.csv`` as a table of strings (Id, split[, fold])."""
+        return pd.read_csv(self.split_file, dtype=str, keep_default_na=False)
+
+    def test_ids(self) -> np.ndarray:
+        """The ids of the test split in ``split.csv`` order; HPAInputError without split.csv."""
+        if not self.split_file.is_file():
+            raise HPAInputError(f"{self.split_file} not found: no test split known for {self.path}")
+        split = self.split()
+        return split.loc[split["split"] == "test", "Id"].to_numpy(dtype=str)
+
+    # ----------------------------------------------------------------------------------------
+    # writers (all atomic)
+    # ----------------------------------------------------------------------------------------
+
+    def write_metrics(self, metrics: dict[str, float]) -> None:
+        write_json(self.path / self.METRICS, metrics)
+
+    def write_thresholds(self, thresholds: np.ndarray) -> None:
+        save_thresholds(self.path / self.THRESHOLDS, thresholds)
+
+    def write_test_predictions(self, predictions: pd.DataFrame) -> None:
+        expected = ["Id", *CLASS_NAMES, "Target"]
+        if list(predictions.columns) != expected:
+            raise ValueError(f"test predictions need the columns {expected}")
+        write_csv(self.path / self.TEST_PREDICTIONS, predictions)
+
+    def write_test_per_class(self, report: pd.DataFrame) -> None:
+        write_csv(self.path / self.TEST_PER_CLASS, report)
+
+    def write_skipped_images(self, skipped: pd.DataFrame | None) -> None:
+        """``skipped_images.csv`` (Id, file, problem), when samples were skipped."""
+        if skipped is not None and len(skipped):
+            write_csv(self.path / self.SKIPPED_IMAGES, skipped)
+
+    def write_leak_report(self, report: pd.DataFrame | None) -> None:
+        """``duplicate_leaks.csv``, when duplicates were looked for (hpa.data.duplicates)."""
+        if report is not None:
+            write_csv(self.path / self.LEAK_REPORT, report)
+
+    def write_external_samples(self, table: pd.DataFrame | None) -> None:
+        """``external.csv`` (root, Id, status, reason), when the run had external data."""
+        if table is not None:
+            write_csv(self.path / self.EXTERNAL_SAMPLES, table)
+
+    def write_submission(self, submission: pd.DataFrame, probabilities: pd.DataFrame) -> None:
+        write_csv(self.path / self.SUBMISSION, submission)
+        write_csv(self.path / self.PROBABILITIES, probabilities)
+
+
+def model_files(
+    given: str | Path | Sequence[str | Path], name_in_run: str, what: str = "checkpoint"
+) -> list[Path]:
+    """Model files (``what``: checkpoints, ONNX models) given as a file, a list of them, or folders
+    holding ``**/{name_in_run}`` (a run or a multirun of k-fold runs), as a list of files;
+    HPAInputError for a path that does not exist or a folder without any."""
+    if isinstance(given, str | Path):
+        given = [given]
+    entries = [Path(str(entry)) for entry in given]
+    if not entries:
+        raise HPAInputError(f"ckpt_path is empty: give a {what}, a list of them or a folder")
+    paths: list[Path] = []
+    for entry in entries:
+        if entry.is_dir():
+            found = sorted(entry.glob(f"**/{name_in_run}"))
+            if not found:
+                raise HPAInputError(f"no {name_in_run} under {entry}")
+            paths.extend(found)
+        elif entry.is_file():
+            paths.append(entry)
+        else:
+            raise HPAInputError(f"{what} {entry} does not exist")
+    return paths
+
+
+def best_checkpoint_callback(run_dir: str | Path, **kwargs) -> ModelCheckpoint:
+    """Lightning's ModelCheckpoint keeping ``RUN/checkpoints/best.ckpt``: the best by ``monitor``
+    (with ``mode``), overwritten when it improves. Other ModelCheckpoint arguments pass
+    through."""
+    import pytorch_lightning as pl
+
+    return pl.callbacks.ModelCheckpoint(
+        dirpath=RunDir(run_dir).checkpoint_dir,
+        filename=BEST_CHECKPOINT_STEM,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+        **kwargs,
+    )
+
+
+def last_checkpoint_callback(run_dir: str | Path) -> ModelCheckpoint:
+    """Lightning's ModelCheckpoint writing ``RUN/checkpoints/last.ckpt`` after every epoch, to
+    resume from. A callback of its own: Lightning 2.6 writes a monitoring callback's
+    ``save_last`` file only at epochs where the monitored metric improved."""
+    import pytorch_lightning as pl
+
+    return pl.callbacks.ModelCheckpoint(
+        dirpath=RunDir(run_dir).checkpoint_dir,
+        filename=LAST_CHECKPOINT_STEM,
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+    )

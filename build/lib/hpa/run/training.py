@@ -1,0 +1,136 @@
+"""One training job: fit, validate the best checkpoint, tune decision thresholds, test, write the
+run directory and its report. ``python -m hpa.train`` runs it (hpa/train.py)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from hpa.data.datamodule import HPADataModule
+from hpa.data.epoch_seeding import epoch_seeding
+from hpa.evaluation import metrics, run_report
+from hpa.evaluation.predictions import write_test_artifacts
+from hpa.evaluation.thresholds import search_thresholds
+from hpa.integrations.wandb_logging import finish_wandb_runs
+from hpa.labels import NUM_CLASSES
+from hpa.models.module import HPAModule
+from hpa.models.pretrained import ensure_pretrained_weights
+from hpa.run import builders
+from hpa.run.checkpoints import store_thresholds_in_checkpoint
+from hpa.run.distributed import (
+    close_process_group,
+    gather_in_dataset_order,
+    relaunch_job_not_sweep,
+)
+from hpa.run.resume import continue_loggers, prepare_resume
+from hpa.run.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one training job described by ``cfg``; returns its final metrics."""
+    resumed_position = prepare_resume(cfg)  # resume=RUN_DIR, ckpt_path=last: continue that run
+    run_dir = RunDir(cfg.paths.output_dir)
+    # offline nodes: no pretrained weights to be had stops the run before any work
+    ensure_pretrained_weights(
+        cfg.model.name, cfg.model.get("pretrained", False), cfg.model.get("pretrained_path")
+    )
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = builders.build_datamodule(cfg)
+    # Prepare and validate the data now, so bad input stops the run before any training.
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.save_split(run_dir.split_file)
+    run_dir.write_skipped_images(datamodule.skipped_images)
+    run_dir.write_leak_report(datamodule.leak_report)
+    run_dir.write_external_samples(datamodule.external_samples)
+
+    model = builders.build_module(cfg, datamodule)
+    callbacks = builders.build_callbacks(cfg) + epoch_seeding(cfg.get("seed"))
+    loggers = builders.build_loggers(cfg)
+    continue_loggers(loggers, resumed_position)
+    trainer = builders.build_trainer(cfg, callbacks, loggers)
+    relaunch_job_not_sweep(trainer, run_dir.path)  # DDP processes of a multirun job: its folder
+    builders.log_config(loggers, cfg)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training was interrupted")
+
+    best_path = _best_checkpoint_path(trainer)
+    final_metrics = {}
+    for result in trainer.validate(model, datamodule=datamodule, ckpt_path=best_path):
+        final_metrics.update(result)
+    thresholds = _decision_thresholds(cfg, trainer, model, datamodule, best_path)
+    run_dir.write_thresholds(thresholds)
+    if best_path:
+        store_thresholds_in_checkpoint(best_path, thresholds)
+    if cfg.get("test"):
+        for result in trainer.test(model, datamodule=datamodule, ckpt_path=best_path):
+            final_metrics.update(result)
+        write_test_artifacts(run_dir, model, datamodule.datasets["test"])
+
+    final_metrics = {name: float(value) for name, value in sorted(final_metrics.items())}
+    run_dir.write_metrics(final_metrics)
+    if cfg.get("report") and trainer.is_global_zero:
+        run_report.log_to_wandb(loggers, run_report.write_report(run_dir.path))
+    _log_summary(final_metrics, run_dir)
+    finish_wandb_runs(loggers, final_metrics)
+    close_process_group()
+    return final_metrics
+
+
+def _decision_thresholds(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    model: HPAModule,
+    datamodule: HPADataModule,
+    best_path: str | None,
+) -> np.ndarray:
+    """One threshold per class: tuned on the validation predictions of the best checkpoint
+    (``model.thresholds=tuned``) or ``model.threshold`` for every class (``fixed``)."""
+    fixed = np.full(NUM_CLASSES, float(model.hparams.threshold))
+    if cfg.model.get("thresholds", "fixed") != "tuned":
+        return fixed
+    batches = trainer.predict(model, dataloaders=datamodule.val_dataloader(), ckpt_path=best_path)
+    # under DDP each rank predicted its own rows: gather all of them, in dataset order
+    probabilities = gather_in_dataset_order(trainer.strategy, torch.cat(batches)).float().numpy()
+    targets = datamodule.datasets["val"].labels[: len(probabilities)]
+    thresholds = search_thresholds(probabilities, targets, fallback=model.hparams.threshold)
+    log.info("tuned thresholds on %d val images: %s", len(probabilities), np.round(thresholds, 2))
+    return thresholds
+
+
+def _best_checkpoint_path(trainer: pl.Trainer) -> str | None:
+    """The best checkpoint when one was saved; None evaluates the weights as they are."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and getattr(callback, "best_model_path", ""):
+        return callback.best_model_path
+    log.warning("no best checkpoint was saved: evaluating the final weights")
+    return None
+
+
+def _log_summary(final_metrics: dict[str, float], run_dir: RunDir) -> None:
+    lines = [
+        f"  {name:<18} {final_metrics[name]:.4f}"
+        for name in metrics.HEADLINE
+        if name in final_metrics
+    ]
+    log.info("final metrics (best checkpoint):\n%s\nrun directory: %s", "\n".join(lines), run_dir)
+
+
+def objective(cfg: DictConfig, final_metrics: dict[str, float]) -> float | None:
+    """What a sweep optimises: the run's ``optimized_metric``, or None (a failed trial) when it is
+    missing or not finite."""
+    value = final_metrics.get(cfg.get("optimized_metric"))
+    if value is None or not math.isfinite(value):
+        return None
+    return value
