@@ -1,1 +1,0 @@
-"""Scoring models: metric names and metrics, decision thresholds, TTA, ensembles, reports."""

@@ -1,1 +1,0 @@
-"""Other tools: Weights & Biases logging, ONNX export and inference, class activation maps."""

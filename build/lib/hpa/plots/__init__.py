@@ -1,2 +1,0 @@
-"""Pure plotting functions (tables in, matplotlib figures or RGB arrays out), used by reports
-and notebooks."""
