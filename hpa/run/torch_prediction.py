@@ -71,7 +71,7 @@ def checkpoint_members(
     trainer = builders.build_trainer(
         cfg, callbacks=[writer], loggers=[], enable_checkpointing=False
     )
-    members = []
+    members, ensure_one_label = [], None
     for path in paths:
         log.info("predicting %d images with %s (tta=%s)", len(ids), path, cfg.tta)
         model = load_module(path, cfg.tta, cfg.tta_reduce)
@@ -79,7 +79,9 @@ def checkpoint_members(
         members.append(
             ensemble.Member(path, writer.probabilities, model.class_thresholds.cpu().numpy())
         )
-    return members, bool(model.hparams.ensure_one_label)
+        if ensure_one_label is None:  # the first checkpoint's, as hpa.eval decides
+            ensure_one_label = bool(model.hparams.ensure_one_label)
+    return members, bool(ensure_one_label)
 
 
 def _test_loader(cfg: DictConfig, image_dir: Path, ids: np.ndarray, image_size: int) -> DataLoader:
