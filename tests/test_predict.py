@@ -177,8 +177,8 @@ for name in ABSENT:
 sys.argv = ["hpa.predict", *sys.argv[1:]]
 try:
     runpy.run_module("hpa.predict", run_name="__main__", alter_sys=True)
-except SystemExit as exit:
-    assert exit.code in (None, 0), exit.code
+except SystemExit as stop:
+    assert stop.code in (None, 0), stop.code
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ABSENT and sys.modules[m] is not None)
 assert not loaded, loaded
 print("predicted without", ", ".join(ABSENT))
