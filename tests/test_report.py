@@ -151,6 +151,15 @@ def test_without_the_best_checkpoint_the_maps_are_skipped(run_copy: Path):
     assert "(`class_activation_maps.png`): checkpoints/best.ckpt not found" in markdown
 
 
+def test_a_checkpoint_the_maps_cannot_use_skips_them(run_copy: Path):
+    (run_copy / RunDir.BEST_CHECKPOINT).write_bytes(b"not a checkpoint")
+    figures_drawn = run_report.write_report(run_copy)
+    assert "class_activation_maps" not in figures_drawn and "test_images" in figures_drawn
+    markdown = (run_copy / RunDir.REPORT_DIR / run_report.REPORT_FILE).read_text()
+    assert "(`class_activation_maps.png`): " in markdown
+    assert "best.ckpt is not a readable PyTorch checkpoint" in markdown
+
+
 def test_a_run_without_metrics_is_refused(run_copy: Path):
     (run_copy / "metrics.json").unlink()
     with pytest.raises(HPAInputError, match="metrics.json not found"):

@@ -201,7 +201,11 @@ def class_activation_maps_figure(run_dir: RunDir, data_root: Path | None) -> Fig
     from hpa.integrations import cam
     from hpa.run.checkpoints import load_module
 
-    module = load_module(run_dir.best_checkpoint)
+    try:  # the run is trained: a checkpoint or backbone the maps cannot use skips the figure
+        module = load_module(run_dir.best_checkpoint)
+        cam.target_layer_name(module)
+    except HPAInputError as error:
+        raise SkipFigure(str(error)) from None
     if torch.cuda.is_available():
         module = module.cuda()
     batch = np.stack(images)
