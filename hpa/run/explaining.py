@@ -66,6 +66,7 @@ def explain(cfg: DictConfig) -> list[Path]:
     method = cfg.method
     cam.cam_method(method)  # an unknown method is refused here, before any work
     mode = _class_mode(cfg.classes)
+    device = _device(cfg.device)
     paths = checkpoint_paths(cfg.ckpt_path)
     if len(paths) != 1:
         raise HPAInputError(
@@ -86,7 +87,7 @@ def explain(cfg: DictConfig) -> list[Path]:
     samples = select_samples(root, trained_in, as_id_list(cfg.ids), cfg.num_images)
     if mode == "true":
         _check_labelled(samples)
-    module = module.to(_device(cfg.device))
+    module = module.to(device)
     images = np.stack(
         [read_sample(s.image_dir, s.sample_id, int(image_size)) for s in tqdm(samples, "reading")]
     )
