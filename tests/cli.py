@@ -6,7 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
 REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
 
 # A tiny synthetic set (generated once per data dir) and images small enough for fast runs.
 SMALL_SYNTHETIC_SET = (
@@ -36,3 +41,15 @@ def train_multirun(
         *overrides,
         env=env,
     )
+
+
+def compose_entry(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config of entry point ``name`` (conf/<name>.yaml) with ``overrides``, as Hydra composes
+    it for a run in ``output_dir``: to call the run's function in the test process."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.root_dir = str(output_dir.parent)
+    return cfg

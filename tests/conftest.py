@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli import SMALL_SYNTHETIC_SET, run_module
 
 SHARED_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/hpa2018"
 
@@ -41,3 +42,23 @@ def real_channels_dir(shared_data_dir: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"real channel PNGs not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def small_trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(best checkpoint, data root) of a smoke run of the seed CNN on 64 px synthetic images
+    whose data root has test/ images and a sample_submission.csv; trained once per session for
+    the tests of hpa.predict, hpa.explain and hpa.export, which only read it."""
+    root = tmp_path_factory.mktemp("small_run")
+    result = run_module(
+        "hpa.train",
+        f"hydra.run.dir={root / 'run'}",
+        f"paths.data_dir={root / 'data'}",
+        *SMALL_SYNTHETIC_SET,
+        "data.synthetic.num_test=12",
+        "debug=fast",
+        "model=cnn",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data_root = next((root / "data").glob("synthetic-*"))
+    return root / "run" / "checkpoints" / "best.ckpt", data_root

@@ -13,7 +13,9 @@ from hpa.errors import HPAInputError
 from hpa.integrations.cam import (
     CAM_METHODS,
     class_activation_maps,
+    class_probabilities,
     draw_explanation,
+    explain_images,
     heat_map_overlay,
     save_explanation,
     target_layer_name,
@@ -177,3 +179,29 @@ def test_a_torch_batch_gives_the_maps_of_the_numpy_batch(real_images):
     from_torch = class_activation_maps(module, torch.from_numpy(real_images), CLASS_IDS)
     for numpy_result, torch_result in zip(from_numpy, from_torch, strict=True):
         np.testing.assert_array_equal(numpy_result, torch_result)
+
+
+def test_panel_wraps_into_rows_and_names_an_empty_map(real_images):
+    maps = np.zeros((5, SIZE, SIZE))
+    maps[0, :10, :10] = 1.0
+    figure = draw_explanation(real_images[0], maps, [0, 1, 2, 3, 4], [0.9] * 5, columns=3)
+    assert len(figure.axes) == 9  # 7 pictures in 3 rows of 3, the last two axes blank
+    titles = [axis.get_title() for axis in figure.axes]
+    assert titles[2] == f"{CLASS_NAMES[0]}\np = 0.90"
+    assert titles[3] == f"{CLASS_NAMES[1]}\np = 0.90 (empty map)"
+    assert titles[7:] == ["", ""]
+
+
+def test_maps_of_images_with_class_lists_of_their_own(real_images):
+    module = random_module("seed_cnn")
+    explanations = explain_images(module, real_images, [[0, 25], [7]])
+    assert [e.class_ids.tolist() for e in explanations] == [[0, 25], [7]]
+    assert explanations[0].maps.shape == (2, SIZE, SIZE) and explanations[1].maps.shape == (
+        1,
+        SIZE,
+        SIZE,
+    )
+    together, _ = class_activation_maps(module, real_images[:1], [[0, 25]])
+    np.testing.assert_array_equal(explanations[0].maps, together[0])
+    probabilities = class_probabilities(module, real_images)
+    np.testing.assert_allclose(explanations[1].probabilities, probabilities[1, [7]], atol=1e-6)

@@ -164,3 +164,38 @@ def test_the_average_entry_point_composes(tmp_path: Path):
         cfg = compose("average", overrides=["run_dir=/some/run", "trainer=gpu"])
     assert cfg.last == 5 and cfg.run_dir == "/some/run"
     assert cfg.trainer.accelerator == "gpu"
+
+
+ENTRY_CONFIGS = {
+    "train": [],
+    "eval": ["ckpt_path=/runs/a/checkpoints/best.ckpt"],
+    "predict": ["ckpt_path=/runs/a/checkpoints/best.ckpt", "data.root=/some/hpa"],
+    "explain": ["ckpt_path=/runs/a/checkpoints/best.ckpt", "ids=[a,b]", "classes=all"],
+    "export": ["ckpt_path=/runs/a/checkpoints/best.ckpt", "output=/models/a.onnx"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_CONFIGS))
+def test_every_entry_config_composes_with_its_help(name: str, tmp_path: Path):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(name, overrides=ENTRY_CONFIGS[name], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.root_dir = str(tmp_path)
+    job = resolved(cfg)
+    assert job["task_name"] == name and cfg.hydra.job.name == name
+    assert cfg.hydra.help.app_name == f"hpa-{name}"
+    assert f"hpa-{name}" in cfg.hydra.help.header
+    assert (CONF_DIR / "hydra" / "help" / f"{name}.yaml").is_file()
+    assert f'hpa-{name} = "hpa.{name}:main"' in (CONF_DIR.parent / "pyproject.toml").read_text()
+
+
+def test_explain_and_export_defaults(tmp_path: Path):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        explain = compose("explain", overrides=["ckpt_path=x", "classes=true", "method=gradcam++"])
+        export = compose("export", overrides=["ckpt_path=x"])
+    assert explain.ids is None and explain.data.root is None and explain.num_images == 4
+    assert explain.method == "gradcam++"  # `+` needs no quoting on the command line
+    assert explain.classes is True  # YAML's true: hpa.run.explaining reads it as "true"
+    assert export.format == "onnx" and export.output is None and export.tolerance == 1e-4

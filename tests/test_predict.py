@@ -1,8 +1,11 @@
-"""`python -m hpa.predict` writes a valid Kaggle submission for a generated test folder."""
+"""`python -m hpa.predict` writes a valid Kaggle submission for a generated test folder, with the
+torch backend (checkpoints) and the onnx backend (models exported by `python -m hpa.export`)."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,32 +13,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cli import REPO, SMALL_SYNTHETIC_SET, run_module
+from cli import REPO, run_module
 
 from hpa.data.reader import read_sample, tint
+from hpa.errors import HPAInputError
 from hpa.evaluation.thresholds import binarize
 from hpa.labels import CHANNELS, CLASS_NAMES, format_target, parse_target
 from hpa.run.checkpoints import load_module
+from hpa.run.predicting import model_paths
 
 SHARED = REPO.parent / "shared" / "data" / "hpa2018"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(best checkpoint, data root with test/ and sample_submission.csv)."""
-    root = tmp_path_factory.mktemp("predict")
-    result = run_module(
-        "hpa.train",
-        f"hydra.run.dir={root / 'run'}",
-        f"paths.data_dir={root / 'data'}",
-        *SMALL_SYNTHETIC_SET,
-        "data.synthetic.num_test=12",
-        "debug=fast",
-        "model=cnn",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    data_root = next((root / "data").glob("synthetic-*"))
-    return root / "run" / "checkpoints" / "best.ckpt", data_root
+def trained(small_trained_run) -> tuple[Path, Path]:
+    """(best checkpoint, data root with test/ and sample_submission.csv): conftest.py's smoke run
+    of the seed CNN, shared with the tests of hpa.explain and hpa.export."""
+    return small_trained_run
 
 
 def predict(checkpoint: object, data_root: Path, output: Path, *overrides: str):
@@ -157,3 +151,122 @@ def test_the_submission_is_the_checkpoints_decisions_on_every_test_image(trained
     np.testing.assert_allclose(probabilities[list(CLASS_NAMES)], expected, atol=1e-5)
     decisions = binarize(expected, model.class_thresholds.numpy(), model.hparams.ensure_one_label)
     assert submission["Predicted"].tolist() == [format_target(row) for row in decisions]
+
+
+# ---------------------------------------------------------------------------------------------
+# backend=onnx: the model exported by hpa-export, predicted with onnxruntime alone
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory) -> Path:
+    """The small run's checkpoint exported by `python -m hpa.export`."""
+    checkpoint, _ = trained
+    output = tmp_path_factory.mktemp("export") / "small.onnx"
+    result = run_module(
+        "hpa.export",
+        f"ckpt_path={checkpoint}",
+        f"output={output}",
+        f"hydra.run.dir={output.parent / 'run'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+def test_onnx_backend_writes_the_submission_of_the_torch_backend(trained, exported, tmp_path):
+    checkpoint, data_root = trained
+    assert predict(checkpoint, data_root, tmp_path / "torch", "tta=flips").returncode == 0
+    result = predict(exported, data_root, tmp_path / "onnx", "tta=flips")  # backend from suffix
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "backend=onnx" in result.stdout + result.stderr
+
+    torch_submission, torch_probabilities = read_output(tmp_path / "torch")
+    onnx_submission, onnx_probabilities = read_output(tmp_path / "onnx")
+    pd.testing.assert_frame_equal(onnx_submission, torch_submission)
+    assert list(onnx_probabilities["Id"]) == list(torch_probabilities["Id"])
+    np.testing.assert_allclose(
+        onnx_probabilities[list(CLASS_NAMES)], torch_probabilities[list(CLASS_NAMES)], atol=1e-5
+    )
+
+
+NO_TRAINING_STACK = """
+import runpy, sys
+
+ABSENT = ("torch", "torchvision", "pytorch_lightning", "lightning", "lightning_fabric", "timm",
+          "torchmetrics", "albumentations", "matplotlib", "sklearn", "wandb")
+for name in ABSENT:
+    sys.modules[name] = None  # `import name` now fails as if it were not installed
+sys.argv = ["hpa.predict", *sys.argv[1:]]
+try:
+    runpy.run_module("hpa.predict", run_name="__main__", alter_sys=True)
+except SystemExit as stop:
+    assert stop.code in (None, 0), stop.code
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ABSENT and sys.modules[m] is not None)
+assert not loaded, loaded
+print("predicted without", ", ".join(ABSENT))
+"""
+
+
+def test_onnx_backend_runs_without_torch_lightning_or_timm(trained, exported, tmp_path):
+    _, data_root = trained
+    command = [
+        sys.executable,
+        "-c",
+        NO_TRAINING_STACK,
+        f"ckpt_path={exported}",
+        f"data.root={data_root}",
+        f"hydra.run.dir={tmp_path / 'onnx'}",
+        "backend=onnx",
+        "tta=dihedral",
+        "data.cache=false",  # images decoded by hpa.data.reader
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "predicted without torch" in result.stdout
+    submission, probabilities = read_output(tmp_path / "onnx")
+    template = pd.read_csv(data_root / "sample_submission.csv", dtype=str)
+    assert list(submission["Id"]) == list(template["Id"])
+    assert all(parse_target(value).sum() >= 1 for value in submission["Predicted"])
+
+    # the same as the torch backend, with the 8 symmetries and the images decoded alike
+    checkpoint, _ = trained
+    torch_run = predict(
+        checkpoint, data_root, tmp_path / "torch", "tta=dihedral", "data.cache=false"
+    )
+    assert torch_run.returncode == 0, torch_run.stderr[-3000:]
+    pd.testing.assert_frame_equal(submission, read_output(tmp_path / "torch")[0])
+
+
+def test_an_ensemble_of_one_onnx_model_twice_equals_the_model(trained, exported, tmp_path):
+    _, data_root = trained
+    assert predict(exported, data_root, tmp_path / "single").returncode == 0
+    result = predict(f"[{exported},{exported}]", data_root, tmp_path / "double")
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, double = read_output(tmp_path / "single")[1], read_output(tmp_path / "double")[1]
+    np.testing.assert_allclose(single[list(CLASS_NAMES)], double[list(CLASS_NAMES)], atol=1e-7)
+
+
+def test_backend_and_model_files_must_agree(trained, exported, tmp_path):
+    checkpoint, data_root = trained
+    result = predict(checkpoint, data_root, tmp_path / "out", "backend=onnx")
+    assert result.returncode == 2
+    assert f"{checkpoint} is not an .onnx file" in result.stdout + result.stderr
+    with pytest.raises(HPAInputError, match=rf"{exported} is an ONNX model.*backend=onnx"):
+        model_paths(str(exported), "torch")
+    with pytest.raises(HPAInputError, match="backend='tensorrt'"):
+        model_paths(str(checkpoint), "tensorrt")
+    with pytest.raises(HPAInputError, match=r"ONNX model .*missing.onnx does not exist"):
+        model_paths(str(tmp_path / "missing.onnx"))
+    with pytest.raises(HPAInputError, match=r"no model.onnx under"):
+        model_paths(str(tmp_path), "onnx")
+    # a folder of exports: every model.onnx in it
+    (tmp_path / "fold0").mkdir()
+    shutil.copy(exported, tmp_path / "fold0" / "model.onnx")
+    assert model_paths(str(tmp_path), "onnx") == ("onnx", [tmp_path / "fold0" / "model.onnx"])
+
+
+def test_an_onnx_model_refuses_another_image_size(trained, exported, tmp_path):
+    _, data_root = trained
+    result = predict(exported, data_root, tmp_path / "out", "data.image_size=128")
+    assert result.returncode == 2
+    assert "takes 64 px images only" in result.stdout + result.stderr

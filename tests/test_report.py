@@ -14,9 +14,11 @@ from cli import SMALL_SYNTHETIC_SET, run_module
 from PIL import Image
 
 from hpa import report
+from hpa.data.reader import read_sample
 from hpa.errors import HPAInputError
 from hpa.evaluation import run_report
 from hpa.evaluation.metrics import TRAIN_LOSS, VAL_F1_MACRO, VAL_F1_SAMPLES, VAL_LOSS
+from hpa.labels import CLASS_NAMES
 from hpa.plots import figures
 from hpa.run.run_dir import RunDir
 
@@ -41,9 +43,9 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def run_copy(trained_run: Path, tmp_path: Path) -> Path:
-    """A copy of the run (without checkpoints and report) that a test may damage."""
+    """A copy of the run (without its last checkpoint and report) that a test may damage."""
     copy = tmp_path / "run"
-    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("checkpoints", "report"))
+    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("last.ckpt", "report"))
     return copy
 
 
@@ -118,6 +120,44 @@ def test_a_moved_data_root_counts_the_test_split_only(
     assert "label_distribution" in figures and "test_images" not in figures
     assert "counting the test split only" in caplog.text
     assert "image directory" in caplog.text
+
+
+def test_class_activation_maps_of_the_best_checkpoint(trained_run: Path):
+    from hpa.integrations import cam
+    from hpa.run.checkpoints import load_module
+
+    run = RunDir(trained_run)
+    figure = run_report.class_activation_maps_figure(run, run_report.run_data_root(run))
+    shown = run.test_predictions()["Id"].head(run_report.NUM_CAM_IMAGES).tolist()
+    rows = np.asarray(figure.axes).reshape(figures.CAM_GRID_ROWS, figures.CAM_GRID_COLUMNS)
+    module = load_module(run.best_checkpoint)
+    images = np.stack(
+        [read_sample(run_report.run_data_root(run) / "train", i, run.image_size()) for i in shown]
+    )
+    predicted = cam.predicted_class_ids(module, cam.class_probabilities(module, images))
+    for row, sample_id, class_ids in zip(rows, shown, predicted, strict=True):
+        assert row[0].get_title().startswith(sample_id[:13])
+        drawn = [axes.get_title().split("\n")[0] for axes in row[1:] if axes.get_title()]
+        assert drawn == [CLASS_NAMES[i] for i in class_ids[: len(row) - 1]]
+        if len(class_ids) > len(row) - 1:
+            assert f"+{len(class_ids) - len(row) + 1} more classes" in row[0].get_title()
+
+
+def test_without_the_best_checkpoint_the_maps_are_skipped(run_copy: Path):
+    (run_copy / RunDir.BEST_CHECKPOINT).unlink()
+    figures_drawn = run_report.write_report(run_copy)
+    assert "class_activation_maps" not in figures_drawn and "test_images" in figures_drawn
+    markdown = (run_copy / RunDir.REPORT_DIR / run_report.REPORT_FILE).read_text()
+    assert "(`class_activation_maps.png`): checkpoints/best.ckpt not found" in markdown
+
+
+def test_a_checkpoint_the_maps_cannot_use_skips_them(run_copy: Path):
+    (run_copy / RunDir.BEST_CHECKPOINT).write_bytes(b"not a checkpoint")
+    figures_drawn = run_report.write_report(run_copy)
+    assert "class_activation_maps" not in figures_drawn and "test_images" in figures_drawn
+    markdown = (run_copy / RunDir.REPORT_DIR / run_report.REPORT_FILE).read_text()
+    assert "(`class_activation_maps.png`): " in markdown
+    assert "best.ckpt is not a readable PyTorch checkpoint" in markdown
 
 
 def test_a_run_without_metrics_is_refused(run_copy: Path):

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 
 from hpa.errors import HPAInputError
-from hpa.evaluation.predictions import frame_probabilities
 from hpa.labels import CLASS_NAMES
 
 
@@ -42,6 +41,10 @@ def average(members: Sequence[Member]) -> tuple[np.ndarray, np.ndarray]:
 
 def average_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """The mean of prediction frames (``Id``, class columns, ``Target``) of the same images."""
+    # imported here: hpa.evaluation.predictions imports the training stack, which ``average``
+    # (the ONNX backend of hpa.predict) does without
+    from hpa.evaluation.predictions import frame_probabilities
+
     first = frames[0]
     for frame in frames[1:]:
         if list(frame["Id"]) != list(first["Id"]):

@@ -7,6 +7,9 @@
     label_distribution.png  images per class in train / val / test, log scale (split.csv and the
                             labels of the run's data root)
     test_images.png         test images as RGBY composites with true and predicted classes
+    class_activation_maps.png
+                            GradCAM maps of the classes the model predicts, for the first test
+                            images (the best checkpoint, on the GPU when there is one)
     report.md               the metrics of metrics.json and the figures above
 
 A run without ``metrics.json`` is refused (HPAInputError). A figure whose input is missing (no
@@ -20,6 +23,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -32,6 +36,9 @@ from hpa.evaluation.thresholds import binarize
 from hpa.io import write_atomic
 from hpa.labels import targets_to_matrix
 from hpa.plots.figures import (
+    CAM_GRID_COLUMNS,
+    CAM_GRID_ROWS,
+    plot_class_activation_maps,
     plot_class_values,
     plot_image_grid,
     plot_per_class_f1,
@@ -50,8 +57,11 @@ FIGURE_TITLES: dict[str, str] = {
     "precision_recall": "Precision-recall curves on the test split",
     "label_distribution": "Images per class in each split",
     "test_images": "Test images: true and predicted classes",
+    "class_activation_maps": "Class activation maps (GradCAM) of the predicted classes",
 }
 NUM_TEST_IMAGES = 16
+NUM_CAM_IMAGES = CAM_GRID_ROWS  # a handful: the maps need a forward and backward pass each
+CAM_METHOD = "GradCAM"
 
 
 class SkipFigure(Exception):
@@ -151,20 +161,65 @@ def label_distribution_figure(run_dir: RunDir, data_root: Path | None) -> Figure
     return plot_class_values(counts, "images (log scale)", "images per class in each split")
 
 
-def sample_images_figure(run_dir: RunDir, data_root: Path | None) -> Figure:
+def _test_images(
+    run_dir: RunDir, data_root: Path | None, count: int, image_size: int | None = None
+) -> tuple[pd.DataFrame, list]:
+    """(the first ``count`` rows of test_predictions.csv, their images read from the data
+    root's train/ folder, resized to ``image_size`` when given)."""
     _required(run_dir, RunDir.TEST_PREDICTIONS, "test=true writes it")
     image_dir = data_root / "train" if data_root is not None else None
     if image_dir is None or not image_dir.is_dir():
         raise SkipFigure(f"image directory {image_dir} not found (pass --data-root)")
-    shown = run_dir.test_predictions().head(NUM_TEST_IMAGES)
-    thresholds = run_dir.thresholds() if run_dir.has(RunDir.THRESHOLDS) else 0.5
-    predicted = binarize(frame_probabilities(shown), thresholds)
+    shown = run_dir.test_predictions().head(count)
     try:
-        images = [read_sample(image_dir, sample_id) for sample_id in shown["Id"]]
+        images = [read_sample(image_dir, sample_id, image_size) for sample_id in shown["Id"]]
     except HPAInputError as error:
         raise SkipFigure(str(error)) from None
+    return shown, images
+
+
+def sample_images_figure(run_dir: RunDir, data_root: Path | None) -> Figure:
+    shown, images = _test_images(run_dir, data_root, NUM_TEST_IMAGES)
+    thresholds = run_dir.thresholds() if run_dir.has(RunDir.THRESHOLDS) else 0.5
+    predicted = binarize(frame_probabilities(shown), thresholds)
     true = targets_to_matrix(shown["Target"])
     return plot_image_grid(images, true, predicted, list(shown["Id"]))
+
+
+def class_activation_maps_figure(run_dir: RunDir, data_root: Path | None) -> Figure:
+    """GradCAM maps of the classes the best checkpoint predicts (at its thresholds) for the first
+    ``NUM_CAM_IMAGES`` test images, at the size the run trained at."""
+    if not run_dir.best_checkpoint.is_file():
+        raise SkipFigure(f"{RunDir.BEST_CHECKPOINT} not found (the maps need the trained model)")
+    image_size = run_dir.image_size()
+    if image_size is None:
+        raise SkipFigure(f"{RunDir.CONFIG} not found: the image size of the run is unknown")
+    shown, images = _test_images(run_dir, data_root, NUM_CAM_IMAGES, image_size)
+    # the model and the grad-cam library only when the figure is drawn
+    import torch
+
+    from hpa.integrations import cam
+    from hpa.run.checkpoints import load_module
+
+    try:  # the run is trained: a checkpoint or backbone the maps cannot use skips the figure
+        module = load_module(run_dir.best_checkpoint)
+        cam.target_layer_name(module)
+    except HPAInputError as error:
+        raise SkipFigure(str(error)) from None
+    if torch.cuda.is_available():
+        module = module.cuda()
+    batch = np.stack(images)
+    predicted = cam.predicted_class_ids(module, cam.class_probabilities(module, batch))
+    shown_classes = [class_ids[: CAM_GRID_COLUMNS - 1] for class_ids in predicted]
+    explanations = cam.explain_images(module, batch, shown_classes, CAM_METHOD)
+    return plot_class_activation_maps(
+        images,
+        [explanation.maps for explanation in explanations],
+        predicted,
+        [explanation.probabilities for explanation in explanations],
+        list(shown["Id"]),
+        CAM_METHOD,
+    )
 
 
 FIGURE_BUILDERS: dict[str, Callable[[RunDir, Path | None], Figure]] = {
@@ -173,6 +228,7 @@ FIGURE_BUILDERS: dict[str, Callable[[RunDir, Path | None], Figure]] = {
     "precision_recall": precision_recall_figure,
     "label_distribution": label_distribution_figure,
     "test_images": sample_images_figure,
+    "class_activation_maps": class_activation_maps_figure,
 }
 
 

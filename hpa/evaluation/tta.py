@@ -10,6 +10,10 @@ that accepts any size (all timm CNNs with global pooling do).
 image read at the load size and takes the 8 symmetries of each of ``CROP_POSITIONS`` crops of the
 trained size, 40 copies (bestfitting, 1st in 2018, took the maximum over the 8 symmetries of
 random crops). ``tta_input`` says which images its loader gives instead of the centre crop.
+
+The transforms and the reduction take torch tensors and numpy arrays alike: the ONNX backend of
+``hpa.predict`` runs them on numpy batches in a process without torch, so this module imports
+torch only to reduce tensors it is given.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-import torch
+import numpy as np
 
 from hpa.errors import HPAInputError
 
 log = logging.getLogger(__name__)
 
-Transform = Callable[[torch.Tensor], torch.Tensor]
+Transform = Callable[[Any], Any]
+"""A (B, C, H, W) torch tensor or numpy array -> the same kind of batch, transformed."""
 
 TTA_MODES = ("none", "flips", "dihedral")
 """The modes made of symmetries of the image alone."""
@@ -36,28 +42,37 @@ CROP_POSITIONS = ("center", "top_left", "top_right", "bottom_left", "bottom_righ
 _SPATIAL = (-2, -1)
 
 
-def _identity(images: torch.Tensor) -> torch.Tensor:
+def _flip(images, axes: tuple[int, ...]):
+    if isinstance(images, np.ndarray):
+        return np.flip(images, axis=axes)
+    return images.flip(axes)  # torch.flip
+
+
+def _identity(images):
     return images
 
 
-def _hflip(images: torch.Tensor) -> torch.Tensor:
-    return torch.flip(images, dims=(-1,))
+def _hflip(images):
+    return _flip(images, (-1,))
 
 
-def _vflip(images: torch.Tensor) -> torch.Tensor:
-    return torch.flip(images, dims=(-2,))
+def _vflip(images):
+    return _flip(images, (-2,))
 
 
-def _hvflip(images: torch.Tensor) -> torch.Tensor:
-    return torch.flip(images, dims=_SPATIAL)
+def _hvflip(images):
+    return _flip(images, _SPATIAL)
 
 
 def _dihedral(k: int, flip: bool) -> Transform:
-    """Horizontal flip (if ``flip``) then rotation by ``k`` quarter turns."""
+    """Horizontal flip (if ``flip``) then rotation by ``k`` quarter turns (counter-clockwise, from
+    the height axis towards the width axis, in torch and numpy alike)."""
 
-    def transform(images: torch.Tensor) -> torch.Tensor:
+    def transform(images):
         flipped = _hflip(images) if flip else images
-        return torch.rot90(flipped, k=k, dims=_SPATIAL)
+        if isinstance(flipped, np.ndarray):
+            return np.rot90(flipped, k=k, axes=_SPATIAL)
+        return flipped.rot90(k, _SPATIAL)  # torch.rot90
 
     transform.__name__ = f"rot90_k{k}{'_hflip' if flip else ''}"
     return transform
@@ -98,14 +113,14 @@ def crop_windows(height: int, width: int, size: int) -> list[tuple[int, int]]:
 
 
 def _crop(top: int, left: int, size: int) -> Transform:
-    def transform(images: torch.Tensor) -> torch.Tensor:
+    def transform(images):
         return images[..., top : top + size, left : left + size]
 
     transform.__name__ = f"crop_{top}_{left}_{size}"
     return transform
 
 
-def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+def center_crop(images, size: int):
     """The centre ``size`` x ``size`` crop of a (..., H, W) batch (the first TTA crop)."""
     top, left = crop_windows(images.shape[-2], images.shape[-1], size)[0]
     return _crop(top, left, size)(images)
@@ -169,17 +184,19 @@ def tta_input(mode: str, image_size: int, load_size: int | None) -> TTAInput:
 
 
 def predict_with_tta(
-    model_fn: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
+    model_fn: Callable[[Any], Any],
+    images: Any,
     mode: str = "none",
     reduce: str = "mean",
     crop_size: int | None = None,
-) -> torch.Tensor:
+) -> Any:
     """Reduce ``model_fn``'s (B, 28) probabilities over the ``mode`` transforms of ``images``.
 
-    ``images`` is a (B, C, H, W) batch of any dtype (uint8 for HPAModule); ``reduce`` is "mean" or
-    "max" over transforms; ``crop_size`` is the size of the crops of a crop mode. Gradient mode
-    and model train/eval state are left to the caller.
+    ``images`` is a (B, C, H, W) torch tensor or numpy array of any dtype (uint8 for HPAModule and
+    the ONNX models); ``model_fn`` returns the same kind; ``reduce`` is "mean" or "max" over
+    transforms; ``crop_size`` is the size of the crops of a crop mode. Gradient mode and model
+    train/eval state are left to the caller. Numpy batches are transformed as views (negative
+    strides): ``model_fn`` copies them if it must.
     """
     if reduce not in TTA_REDUCTIONS:
         raise ValueError(f"unknown TTA reduce {reduce!r}; expected one of {TTA_REDUCTIONS}")
@@ -191,5 +208,11 @@ def predict_with_tta(
         transforms = crop_transforms(mode, images.shape[-2], images.shape[-1], crop_size)
     else:
         transforms = tta_transforms(mode)
-    outputs = torch.stack([model_fn(transform(images)) for transform in transforms])
-    return outputs.mean(dim=0) if reduce == "mean" else outputs.amax(dim=0)
+    outputs = [model_fn(transform(images)) for transform in transforms]
+    if isinstance(outputs[0], np.ndarray):
+        stacked = np.stack(outputs)
+        return stacked.mean(axis=0) if reduce == "mean" else stacked.max(axis=0)
+    import torch  # loaded already: the model returned tensors
+
+    stacked = torch.stack(outputs)
+    return stacked.mean(dim=0) if reduce == "mean" else stacked.amax(dim=0)

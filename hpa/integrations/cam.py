@@ -2,8 +2,15 @@
 
 ``class_activation_maps`` computes, for each image of a uint8 RGBY batch and each of its class
 ids, a heat map in [0, 1] at the image's size (each map scaled by its own maximum, as the
-library does) and the model's probability of that class. ``draw_explanation`` turns one image's
-maps into a figure; ``save_explanation`` writes it as a PNG.
+library does) and the model's probability of that class. ``explain_images`` does the same for
+images with class lists of their own (``predicted_class_ids``: the classes the model predicts).
+``draw_explanation`` turns one image's maps into a figure; ``save_explanation`` writes it as a PNG.
+
+The methods suit classifiers that pool the target layer globally before anything else (timm's
+CNNs), so that a class's gradient is the same at every position of the layer and the map is the
+layer's activations weighted by it. The seed CNN pools to a 6 x 6 grid and then mixes positions
+in its linear layers: its maps are drawn, but they are less dependable (docs,
+explain-and-export.md, "Sanity checks").
 
 Methods (``CAM_METHODS``, case-insensitive): GradCAM and GradCAM++ weight the target layer's
 channels by the class logit's gradients; AblationCAM, gradient-free, by how much the class
@@ -23,10 +30,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from matplotlib import colormaps
 from matplotlib.figure import Figure
 from pytorch_grad_cam import AblationCAM, GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.ablation_layer import AblationLayer
@@ -40,11 +47,12 @@ from timm.models.resnet import ResNet
 from torch import nn
 
 from hpa.errors import HPAInputError
+from hpa.evaluation.thresholds import binarize
 from hpa.labels import CHANNELS, CLASS_NAMES
 from hpa.models.backbones import SeedCNN
 from hpa.models.module import HPAModule
-from hpa.plots.figures import save_figure
-from hpa.plots.rgby import rgby_composite
+from hpa.plots.figures import heat_map_title, save_figure
+from hpa.plots.rgby import heat_map_overlay, rgby_composite
 
 CAM_METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM,
@@ -63,7 +71,6 @@ TARGET_LAYERS: dict[type[nn.Module], str] = {
 """The layer whose activations the maps are computed from, per backbone class: the last spatial
 feature map before global pooling."""
 
-OVERLAY_ALPHA = 0.5
 PANEL_INCHES = 3.0
 PANEL_DPI = 100
 
@@ -139,6 +146,71 @@ def cam_method(name: str) -> type[BaseCAM]:
             f"{', '.join(cls.__name__ for cls in CAM_METHODS.values())}"
         )
     return method
+
+
+class Explanation(NamedTuple):
+    """One image's maps: ``maps[k]`` (H x W in [0, 1]) shows class ``class_ids[k]``, which the
+    model gives the probability ``probabilities[k]``."""
+
+    class_ids: np.ndarray
+    maps: np.ndarray
+    probabilities: np.ndarray
+
+
+def class_probabilities(module: HPAModule, images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(B, 28) float32 probabilities of a uint8 (B, 4, H, W) batch, without test-time
+    augmentation (the maps explain the plain image), on the module's device, in eval mode (the
+    module's mode is restored)."""
+    if not isinstance(images, torch.Tensor):
+        images = torch.from_numpy(np.asarray(images))
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.inference_mode():
+            logits = module(images.to(next(module.parameters()).device))
+        return torch.sigmoid(logits).float().cpu().numpy()
+    finally:
+        module.train(was_training)
+
+
+def predicted_class_ids(module: HPAModule, probabilities: np.ndarray) -> list[np.ndarray]:
+    """The classes the module predicts for each row of ``probabilities`` at its own thresholds
+    (``hpa.evaluation.thresholds.binarize``, with its ``ensure_one_label``), most probable first."""
+    decisions = binarize(
+        probabilities, module.class_thresholds.cpu().numpy(), module.hparams.ensure_one_label
+    )
+    return [
+        ids[np.argsort(-row[ids], kind="stable")]
+        for ids, row in zip((np.flatnonzero(d) for d in decisions), probabilities, strict=True)
+    ]
+
+
+def explain_images(
+    module: HPAModule,
+    images: np.ndarray,
+    class_ids: Sequence[Sequence[int]],
+    method: str = "GradCAM",
+    target_layer: str | None = None,
+) -> list[Explanation]:
+    """The maps of each image's own classes: ``class_ids[b]`` for image b of the uint8
+    (B, 4, H, W) ``images``, lists that may differ in length (an empty one gives no map).
+    Images whose lists have the same length are computed together."""
+    images = np.asarray(images)
+    if len(class_ids) != len(images):
+        raise ValueError(f"{len(images)} images but {len(class_ids)} class lists")
+    lists = [np.asarray(ids, dtype=np.int64).reshape(-1) for ids in class_ids]
+    explanations: list[Explanation | None] = [None] * len(images)
+    for count in sorted({len(ids) for ids in lists}):
+        rows = [index for index, ids in enumerate(lists) if len(ids) == count]
+        grid = np.stack([lists[index] for index in rows])
+        maps, probabilities = class_activation_maps(
+            module, images[rows], grid, method, target_layer
+        )
+        for position, index in enumerate(rows):
+            explanations[index] = Explanation(
+                grid[position], maps[position], probabilities[position]
+            )
+    return explanations
 
 
 def class_activation_maps(
@@ -218,26 +290,20 @@ def _cam(method_class: type[BaseCAM], model: nn.Module, layer: nn.Module) -> Ite
         replace_layer_recursive(model, ablation_layer, layer)
 
 
-def heat_map_overlay(picture: np.ndarray, heat_map: np.ndarray) -> np.ndarray:
-    """An H x W x 3 uint8 ``picture`` blended with an H x W ``heat_map`` in [0, 1] (jet
-    colours, ``OVERLAY_ALPHA`` of the heat map)."""
-    colours = colormaps["jet"](np.clip(heat_map, 0.0, 1.0))[..., :3] * 255.0
-    blended = (1.0 - OVERLAY_ALPHA) * picture.astype(np.float32) + OVERLAY_ALPHA * colours
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
-
-
 def draw_explanation(
     image: np.ndarray,
     maps: np.ndarray,
     class_ids: Sequence[int],
     probabilities: Sequence[float],
     title: str | None = None,
+    columns: int | None = None,
 ) -> Figure:
     """One image's panel: its RGBY composite, its green (protein) channel alone, then one heat
     map over the composite per class, titled with the class name and probability.
 
     ``image``: uint8 (4, H, W); ``maps``: (K, H, W) in [0, 1]; ``class_ids``, ``probabilities``:
-    K each. Drawn with the Agg canvas (no pyplot)."""
+    K each; ``columns``: at most this many pictures per row (default: all in one row). Drawn
+    with the Agg canvas (no pyplot)."""
     maps = np.asarray(maps)
     if maps.ndim != 3 or not len(maps) == len(class_ids) == len(probabilities):
         raise ValueError(
@@ -250,19 +316,22 @@ def draw_explanation(
         panels.append(
             (
                 heat_map_overlay(composite, heat_map),
-                f"{CLASS_NAMES[class_id]}\np = {probability:.2f}",
+                heat_map_title(class_id, probability, heat_map),
             )
         )
+    columns = min(columns or len(panels), len(panels))
+    rows = -(-len(panels) // columns)
     figure = Figure(
-        figsize=(PANEL_INCHES * len(panels), PANEL_INCHES + 0.6),
+        figsize=(PANEL_INCHES * columns, (PANEL_INCHES + 0.6) * rows),
         dpi=PANEL_DPI,
         layout="constrained",
     )
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    for axis, (picture, caption) in zip(axes, panels, strict=True):
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axis in axes:
+        axis.set_axis_off()
+    for axis, (picture, caption) in zip(axes, panels, strict=False):
         axis.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255)
         axis.set_title(caption, fontsize=10)
-        axis.set_axis_off()
     if title:
         figure.suptitle(title, fontsize=11)
     return figure
@@ -275,6 +344,7 @@ def save_explanation(
     class_ids: Sequence[int],
     probabilities: Sequence[float],
     title: str | None = None,
+    columns: int | None = None,
 ) -> None:
     """Draw ``draw_explanation``'s panel and write it to ``path`` as a PNG, atomically."""
-    save_figure(draw_explanation(image, maps, class_ids, probabilities, title), path)
+    save_figure(draw_explanation(image, maps, class_ids, probabilities, title, columns), path)

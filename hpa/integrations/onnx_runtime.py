@@ -22,9 +22,6 @@ from hpa.evaluation.thresholds import binarize
 
 log = logging.getLogger(__name__)
 
-ONNX_MODEL_FILE = "model.onnx"
-"""File name of the exported model in a run directory."""
-
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 

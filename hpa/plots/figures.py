@@ -19,7 +19,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 from hpa.evaluation import metrics
 from hpa.io import write_bytes
 from hpa.labels import CLASS_NAMES, NUM_CLASSES
-from hpa.plots.rgby import class_names_of, rgby_composite
+from hpa.plots.rgby import class_names_of, heat_map_overlay, rgby_composite
 
 DPI = 100
 FIGURE_SIZES: dict[str, tuple[float, float]] = {
@@ -28,6 +28,7 @@ FIGURE_SIZES: dict[str, tuple[float, float]] = {
     "precision_recall": (14.0, 16.0),
     "label_distribution": (12.0, 5.5),
     "test_images": (12.0, 13.0),
+    "class_activation_maps": (12.0, 13.0),
 }
 """Figure name -> size in inches. Each PNG is exactly size x DPI pixels."""
 
@@ -170,6 +171,54 @@ def plot_image_grid(
             ]
         )
         axes.set_title(caption, fontsize=7, color="tab:green" if agree else "tab:red")
+    return figure
+
+
+CAM_GRID_ROWS = 4
+CAM_GRID_COLUMNS = 4
+"""The class activation map grid: one image per row, its composite then up to 3 maps."""
+
+
+def heat_map_title(class_id: int, probability: float, heat_map: np.ndarray) -> str:
+    """``class name``, ``p = probability`` and, for a map that is zero everywhere (nothing in
+    the layer speaks for the class: GradCAM keeps only positive evidence), a note saying so."""
+    title = f"{CLASS_NAMES[class_id]}\np = {probability:.2f}"
+    return title + " (empty map)" if not np.any(heat_map > 0) else title
+
+
+def plot_class_activation_maps(
+    images: Sequence[np.ndarray],
+    maps: Sequence[np.ndarray],
+    class_ids: Sequence[Sequence[int]],
+    probabilities: Sequence[Sequence[float]],
+    ids: Sequence[str],
+    method: str = "GradCAM",
+) -> Figure:
+    """Up to ``CAM_GRID_ROWS`` images, one per row: the RGBY composite (titled with the image id),
+    then the heat maps of its classes over it, titled with the class name and probability.
+
+    ``images[i]``: uint8 (4, H, W); ``class_ids[i]``: the image's classes; ``maps[i]`` (M_i, H,
+    W) in [0, 1] and ``probabilities[i]`` (M_i) of its first M_i classes. At most
+    ``CAM_GRID_COLUMNS - 1`` maps are drawn per row; the composite's title counts the classes
+    left out."""
+    figure = new_figure("class_activation_maps")
+    grid = figure.subplots(CAM_GRID_ROWS, CAM_GRID_COLUMNS, squeeze=False)
+    for axes in grid.flat:
+        axes.set_axis_off()
+    shown_maps = CAM_GRID_COLUMNS - 1
+    rows = zip(images, maps, class_ids, probabilities, ids, grid, strict=False)
+    for image, image_maps, image_classes, image_probabilities, sample_id, row in rows:
+        composite = rgby_composite(image)
+        left_out = len(image_classes) - min(len(image_maps), shown_maps)
+        row[0].imshow(composite, interpolation="nearest")
+        row[0].set_title(
+            sample_id[:13] + (f"\n(+{left_out} more classes)" if left_out > 0 else ""), fontsize=8
+        )
+        panels = zip(image_maps, image_classes, image_probabilities, row[1:], strict=False)
+        for heat_map, class_id, probability, axes in panels:
+            axes.imshow(heat_map_overlay(composite, heat_map), interpolation="nearest")
+            axes.set_title(heat_map_title(class_id, probability, heat_map), fontsize=8)
+    figure.suptitle(f"{method}: where the model finds each predicted class", fontsize=11)
     return figure
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+from matplotlib import colormaps
 
 from hpa.labels import CLASS_NAMES
+
+OVERLAY_ALPHA = 0.5
+"""The heat map's share of each pixel of ``heat_map_overlay``."""
 
 
 def rgby_composite(image: np.ndarray) -> np.ndarray:
@@ -26,3 +30,11 @@ def rgby_composite(image: np.ndarray) -> np.ndarray:
 def class_names_of(multi_hot: Iterable) -> str:
     """``[1, 0, ..., 1, 0]`` -> ``"Nucleoplasm, Cytosol"``."""
     return ", ".join(CLASS_NAMES[i] for i, on in enumerate(multi_hot) if on)
+
+
+def heat_map_overlay(picture: np.ndarray, heat_map: np.ndarray) -> np.ndarray:
+    """An H x W x 3 uint8 ``picture`` blended with an H x W ``heat_map`` in [0, 1] (jet
+    colours, ``OVERLAY_ALPHA`` of the heat map)."""
+    colours = colormaps["jet"](np.clip(heat_map, 0.0, 1.0))[..., :3] * 255.0
+    blended = (1.0 - OVERLAY_ALPHA) * picture.astype(np.float32) + OVERLAY_ALPHA * colours
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)

@@ -8,12 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import ListConfig
 
 from hpa.errors import HPAInputError
 from hpa.io import atomic_path
 from hpa.models.module import HPAModule
-from hpa.run.run_dir import RunDir
+from hpa.run.run_dir import RunDir, model_files
 
 log = logging.getLogger(__name__)
 
@@ -21,23 +20,7 @@ log = logging.getLogger(__name__)
 def checkpoint_paths(ckpt_path: str | Path | Sequence[str | Path]) -> list[Path]:
     """A checkpoint, a list of them, or a folder holding ``**/checkpoints/best.ckpt`` (a run or a
     multirun of k-fold runs), as a list of checkpoint files."""
-    if isinstance(ckpt_path, ListConfig):
-        ckpt_path = list(ckpt_path)
-    given = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
-    if not given:
-        raise HPAInputError("ckpt_path is empty: give a checkpoint, a list of them or a folder")
-    paths: list[Path] = []
-    for entry in map(Path, given):
-        if entry.is_dir():
-            found = sorted(entry.glob(f"**/{RunDir.BEST_CHECKPOINT}"))
-            if not found:
-                raise HPAInputError(f"no {RunDir.BEST_CHECKPOINT} under {entry}")
-            paths.extend(found)
-        elif entry.is_file():
-            paths.append(entry)
-        else:
-            raise HPAInputError(f"checkpoint {entry} does not exist")
-    return paths
+    return model_files(ckpt_path, RunDir.BEST_CHECKPOINT)
 
 
 def store_thresholds_in_checkpoint(checkpoint_path: str | Path, thresholds) -> None:

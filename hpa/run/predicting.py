@@ -2,42 +2,43 @@
 (``python -m hpa.predict``, hpa/predict.py).
 
 Every image in ``ROOT/test/`` is predicted, in the order of ``ROOT/sample_submission.csv`` (or of
-the files present when there is none), with ``Trainer.predict`` (the ``trainer`` group: device,
-precision); ``submission.csv`` (``Id,Predicted``: space-separated class ids) and
-``probabilities.csv`` go into the run directory. Several checkpoints are averaged
+the files present when there is none); ``submission.csv`` (``Id,Predicted``: space-separated
+class ids) and ``probabilities.csv`` go into the run directory. Several models are averaged
 (``hpa.evaluation.ensemble``). With ``data.on_bad_image=skip`` a bad image keeps its row in
 ``submission.csv`` with no class (and has none in ``probabilities.csv``).
+
+Two backends (``backend=``):
+
+- ``torch``: checkpoints, with ``Trainer.predict`` (hpa/run/torch_prediction.py);
+- ``onnx``: .onnx files written by ``hpa-export``, with onnxruntime (hpa/run/onnx_prediction.py),
+  in a process that imports neither torch nor Lightning nor timm.
+
+Unset, the backend follows ``ckpt_path``: onnx for .onnx files, torch otherwise. This module
+imports the torch backend only when it is used.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
-import torch
-from omegaconf import DictConfig
-from pytorch_lightning.callbacks import BasePredictionWriter
-from torch.utils.data import DataLoader
+from omegaconf import DictConfig, ListConfig
 
-from hpa.data.cache import ensure_cache
-from hpa.data.dataset import RGBYDataset, collate_samples
 from hpa.data.reader import read_ids_csv
-from hpa.data.transforms import evaluation_crop
 from hpa.data.validate import checked_samples
 from hpa.errors import HPAInputError
 from hpa.evaluation import ensemble
 from hpa.evaluation.thresholds import binarize
-from hpa.evaluation.tta import tta_input
 from hpa.labels import CHANNELS, CLASS_NAMES, format_target
-from hpa.run import builders
-from hpa.run.checkpoints import checkpoint_paths, load_module
-from hpa.run.distributed import all_gather_rows
-from hpa.run.run_dir import RunDir
+from hpa.run.run_dir import RunDir, model_files
 
 log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx")
+ONNX_SUFFIX = ".onnx"
 
 
 def test_ids(root: Path) -> np.ndarray:
@@ -55,38 +56,38 @@ def test_ids(root: Path) -> np.ndarray:
     return np.asarray(ids)
 
 
-class ProbabilityWriter(BasePredictionWriter):
-    """Collects the probabilities that ``predict_step`` returns, by dataset row, from every
-    process: after ``Trainer.predict``, ``probabilities`` is (N, 28) in dataset order."""
-
-    def __init__(self, num_rows: int) -> None:
-        super().__init__(write_interval="batch")
-        self.num_rows = num_rows
-        self._rows: list[torch.Tensor] = []
-        self._outputs: list[torch.Tensor] = []
-        self.probabilities = np.zeros((0, len(CLASS_NAMES)))
-
-    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._rows.clear()
-        self._outputs.clear()
-
-    def write_on_batch_end(
-        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
-    ) -> None:
-        self._rows.append(batch["index"].detach().cpu())
-        self._outputs.append(prediction.detach().float().cpu())
-
-    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        strategy = trainer.strategy
-        rows = torch.cat(all_gather_rows(strategy, torch.cat(self._rows)))
-        outputs = torch.cat(all_gather_rows(strategy, torch.cat(self._outputs)))
-        probabilities = np.zeros((self.num_rows, outputs.shape[1]))
-        probabilities[rows.numpy()] = outputs.numpy()  # a row seen twice (padding) is the same
-        self.probabilities = probabilities
+def model_paths(
+    ckpt_path: str | Path | Sequence[str | Path], backend: str | None = None
+) -> tuple[str, list[Path]]:
+    """(backend, model files) of ``ckpt_path``: checkpoints for torch, .onnx files for onnx (a
+    folder: its ``**/checkpoints/best.ckpt`` or ``**/model.onnx``). ``backend`` None: onnx when
+    ``ckpt_path`` names .onnx files."""
+    given = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
+    if backend is None:
+        backend = "onnx" if any(str(p).endswith(ONNX_SUFFIX) for p in given) else "torch"
+    if backend not in BACKENDS:
+        raise HPAInputError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "onnx":
+        paths = model_files(given, RunDir.ONNX_MODEL, what="ONNX model")
+        not_onnx = [path for path in paths if path.suffix != ONNX_SUFFIX]
+        if not_onnx:
+            raise HPAInputError(
+                f"{not_onnx[0]} is not an .onnx file: backend=onnx predicts with models exported "
+                f"by hpa-export (hpa-export ckpt_path={not_onnx[0]})"
+            )
+    else:
+        paths = model_files(given, RunDir.BEST_CHECKPOINT)
+        onnx = [path for path in paths if path.suffix == ONNX_SUFFIX]
+        if onnx:
+            raise HPAInputError(
+                f"{onnx[0]} is an ONNX model: predict with it with backend=onnx (or backend unset)"
+            )
+    return backend, paths
 
 
 def predict(cfg: DictConfig) -> pd.DataFrame:
-    paths = checkpoint_paths(cfg.ckpt_path)
+    ckpt_path = list(cfg.ckpt_path) if isinstance(cfg.ckpt_path, ListConfig) else cfg.ckpt_path
+    backend, paths = model_paths(ckpt_path, cfg.get("backend"))
     root = Path(cfg.data.root)
     run_dir = RunDir(cfg.paths.output_dir)
     all_ids = test_ids(root)
@@ -95,30 +96,17 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     )
     run_dir.write_skipped_images(skipped)
     ids = all_ids[keep]
-    trained_in = RunDir.of_checkpoint(paths[0])
-    image_size = cfg.data.image_size or trained_in.image_size()
-    if image_size is None:
-        raise HPAInputError(f"image size of {paths[0]} unknown: set data.image_size")
-    # a run trained on crops (data.load_size) is given the centre crop, or (tta=dihedral_crops)
-    # the whole image to take its own crops of
-    load_size = cfg.data.get("load_size") or trained_in.load_size()
-    sizes = tta_input(cfg.tta, int(image_size), load_size)
 
-    loader = _test_loader(cfg, root / "test", ids, sizes.image_size, sizes.load_size)
-    writer = ProbabilityWriter(len(ids))
-    trainer = builders.build_trainer(
-        cfg, callbacks=[writer], loggers=[], enable_checkpointing=False
-    )
-    members = []
-    for path in paths:
-        log.info("predicting %d images with %s (tta=%s)", len(ids), path, cfg.tta)
-        model = load_module(path, cfg.tta, cfg.tta_reduce, sizes.crop_size)
-        trainer.predict(model, dataloaders=loader, return_predictions=False)
-        members.append(
-            ensemble.Member(path, writer.probabilities, model.class_thresholds.cpu().numpy())
-        )
+    if backend == "onnx":
+        from hpa.run.onnx_prediction import onnx_members
+
+        members, ensure_one_label = onnx_members(cfg, paths, root / "test", ids)
+    else:
+        from hpa.run.torch_prediction import checkpoint_members  # Lightning, torch and timm
+
+        members, ensure_one_label = checkpoint_members(cfg, paths, root / "test", ids)
     probabilities, thresholds = ensemble.average(members)
-    decisions = binarize(probabilities, thresholds, model.hparams.ensure_one_label)
+    decisions = binarize(probabilities, thresholds, ensure_one_label)
 
     predicted = dict(zip(ids, map(format_target, decisions), strict=True))
     # Kaggle takes only a submission with every id: a skipped image (data.on_bad_image=skip,
@@ -134,27 +122,5 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     probability_table = pd.DataFrame(probabilities, columns=list(CLASS_NAMES))
     probability_table.insert(0, "Id", ids)
     run_dir.write_submission(submission, probability_table)
-    log.info("wrote %s", run_dir / RunDir.SUBMISSION)
+    log.info("wrote %s (backend=%s)", run_dir / RunDir.SUBMISSION, backend)
     return submission
-
-
-def _test_loader(
-    cfg: DictConfig, image_dir: Path, ids: np.ndarray, image_size: int, load_size: int | None
-) -> DataLoader:
-    """The test images (from the packed cache with ``data.cache=true``), in ``ids`` order; read
-    at ``load_size`` and centre-cropped to ``image_size`` when one is given."""
-    read_size = load_size or image_size
-    cache = None
-    if cfg.data.get("cache"):
-        cache = ensure_cache(image_dir, ids, read_size, cfg.data.get("cache_dir"))
-    crop = evaluation_crop(image_size, load_size)
-    dataset = RGBYDataset(
-        image_dir, ids, None, image_size, augmentation=crop, cache=cache, load_size=read_size
-    )
-    return DataLoader(
-        dataset,
-        batch_size=cfg.data.batch_size,
-        num_workers=cfg.data.num_workers,
-        collate_fn=collate_samples,
-        pin_memory=torch.cuda.is_available(),
-    )

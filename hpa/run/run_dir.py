@@ -18,21 +18,27 @@ A training run (``python -m hpa.train``) writes::
     RUN/report/                 figures and report.md (hpa.report)
 
 ``hpa.eval`` writes the metrics, predictions and per-class files into its own run directory;
-``hpa.predict`` writes ``submission.csv`` and ``probabilities.csv``. ``hpa.average RUN --last K``
-writes a sub-run ``RUN/average-lastK/`` that reads like a run (its ``.hydra/`` is RUN's config with
-an ``average`` node added) holding ``checkpoints/averaged.ckpt`` and the files of a finished run.
-Other modules ask a ``RunDir`` for these paths and contents instead of spelling the names again.
+``hpa.predict`` writes ``submission.csv`` and ``probabilities.csv``; ``hpa.explain`` writes
+``explanations/{Id}.png`` (class activation maps); ``hpa.export`` writes ``model.onnx``.
+``hpa.average RUN --last K`` writes a sub-run ``RUN/average-lastK/`` that reads like a run (its
+``.hydra/`` is RUN's config with an ``average`` node added) holding ``checkpoints/averaged.ckpt``
+and the files of a finished run. Other modules ask a ``RunDir`` for these paths and contents
+instead of spelling the names again.
+
+This module imports neither torch nor Lightning (the checkpoint callbacks import Lightning when
+called), so that prediction with an exported ONNX model runs without them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -40,6 +46,9 @@ from hpa.errors import HPAInputError
 from hpa.evaluation.thresholds import load_thresholds, save_thresholds
 from hpa.io import atomic_path, write_csv, write_json
 from hpa.labels import CLASS_NAMES
+
+if TYPE_CHECKING:
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,9 @@ class RunDir:
     CSV_LOGGER_DIR = "csv"
     CSV_METRICS = f"{CSV_LOGGER_DIR}/metrics.csv"
     REPORT_DIR = "report"
+    EXPLANATIONS_DIR = "explanations"
+    EXPLANATION_SUFFIX = ".png"  # EXPLANATIONS_DIR/{Id}.png: one image's maps (hpa.explain)
+    ONNX_MODEL = "model.onnx"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -134,6 +146,18 @@ class RunDir:
         """The sub-run ``hpa.average`` writes for the average of the last ``last`` epochs."""
         return RunDir(self.path / self.AVERAGE_SUBRUN.format(last=last))
 
+    @property
+    def explanations_dir(self) -> Path:
+        return self.path / self.EXPLANATIONS_DIR
+
+    def explanation_png(self, sample_id: str) -> Path:
+        """The PNG of one image's class activation maps: ``explanations/{Id}.png``."""
+        return self.explanations_dir / f"{sample_id}{self.EXPLANATION_SUFFIX}"
+
+    @property
+    def onnx_model(self) -> Path:
+        return self.path / self.ONNX_MODEL
+
     def metrics_csv(self) -> Path | None:
         """The CSV logger's metrics.csv (``csv/metrics.csv`` by default, else any in the run)."""
         default = self.path / self.CSV_METRICS
@@ -169,6 +193,11 @@ class RunDir:
         if hydra_path.is_file():
             config = OmegaConf.merge(config, OmegaConf.load(hydra_path))
         return config
+
+    def config_text(self) -> str:
+        """``.hydra/config.yaml`` as written (its interpolations unresolved); "" when absent."""
+        path = self.path / self.CONFIG
+        return path.read_text() if path.is_file() else ""
 
     def resolved(self, key: str) -> DictConfig:
         """The run's config node ``key`` (e.g. ``data``) with its interpolations resolved."""
@@ -248,6 +277,13 @@ class RunDir:
         """``split.csv`` as a table of strings (Id, split[, fold])."""
         return pd.read_csv(self.split_file, dtype=str, keep_default_na=False)
 
+    def test_ids(self) -> np.ndarray:
+        """The ids of the test split in ``split.csv`` order; HPAInputError without split.csv."""
+        if not self.split_file.is_file():
+            raise HPAInputError(f"{self.split_file} not found: no test split known for {self.path}")
+        split = self.split()
+        return split.loc[split["split"] == "test", "Id"].to_numpy(dtype=str)
+
     # ----------------------------------------------------------------------------------------
     # writers (all atomic)
     # ----------------------------------------------------------------------------------------
@@ -308,10 +344,37 @@ class RunDir:
         write_csv(self.path / self.PROBABILITIES, probabilities)
 
 
-def best_checkpoint_callback(run_dir: str | Path, **kwargs) -> pl.callbacks.ModelCheckpoint:
+def model_files(
+    given: str | Path | Sequence[str | Path], name_in_run: str, what: str = "checkpoint"
+) -> list[Path]:
+    """Model files (``what``: checkpoints, ONNX models) given as a file, a list of them, or folders
+    holding ``**/{name_in_run}`` (a run or a multirun of k-fold runs), as a list of files;
+    HPAInputError for a path that does not exist or a folder without any."""
+    if isinstance(given, str | Path):
+        given = [given]
+    entries = [Path(str(entry)) for entry in given]
+    if not entries:
+        raise HPAInputError(f"ckpt_path is empty: give a {what}, a list of them or a folder")
+    paths: list[Path] = []
+    for entry in entries:
+        if entry.is_dir():
+            found = sorted(entry.glob(f"**/{name_in_run}"))
+            if not found:
+                raise HPAInputError(f"no {name_in_run} under {entry}")
+            paths.extend(found)
+        elif entry.is_file():
+            paths.append(entry)
+        else:
+            raise HPAInputError(f"{what} {entry} does not exist")
+    return paths
+
+
+def best_checkpoint_callback(run_dir: str | Path, **kwargs) -> ModelCheckpoint:
     """Lightning's ModelCheckpoint keeping ``RUN/checkpoints/best.ckpt``: the best by ``monitor``
     (with ``mode``), overwritten when it improves. Other ModelCheckpoint arguments pass
     through."""
+    import pytorch_lightning as pl
+
     return pl.callbacks.ModelCheckpoint(
         dirpath=RunDir(run_dir).checkpoint_dir,
         filename=BEST_CHECKPOINT_STEM,
@@ -322,10 +385,12 @@ def best_checkpoint_callback(run_dir: str | Path, **kwargs) -> pl.callbacks.Mode
     )
 
 
-def last_checkpoint_callback(run_dir: str | Path) -> pl.callbacks.ModelCheckpoint:
+def last_checkpoint_callback(run_dir: str | Path) -> ModelCheckpoint:
     """Lightning's ModelCheckpoint writing ``RUN/checkpoints/last.ckpt`` after every epoch, to
     resume from. A callback of its own: Lightning 2.6 writes a monitoring callback's
     ``save_last`` file only at epochs where the monitored metric improved."""
+    import pytorch_lightning as pl
+
     return pl.callbacks.ModelCheckpoint(
         dirpath=RunDir(run_dir).checkpoint_dir,
         filename=LAST_CHECKPOINT_STEM,
@@ -335,12 +400,14 @@ def last_checkpoint_callback(run_dir: str | Path) -> pl.callbacks.ModelCheckpoin
     )
 
 
-def epoch_checkpoints_callback(run_dir: str | Path, keep_last: int) -> pl.callbacks.ModelCheckpoint:
+def epoch_checkpoints_callback(run_dir: str | Path, keep_last: int) -> ModelCheckpoint:
     """Lightning's ModelCheckpoint keeping ``RUN/checkpoints/epoch=NN.ckpt`` of the last
     ``keep_last`` epochs (0: none), the checkpoints ``hpa.average RUN --last K`` averages.
     Lightning keeps the top k by a monitored value: here the epoch, so the latest ones."""
     if keep_last < 0:
         raise ValueError(f"keep_last must be >= 0 (0: no epoch checkpoints), got {keep_last}")
+    import pytorch_lightning as pl
+
     return pl.callbacks.ModelCheckpoint(
         dirpath=RunDir(run_dir).checkpoint_dir,
         filename=EPOCH_CHECKPOINT_TEMPLATE,

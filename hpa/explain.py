@@ -1,0 +1,19 @@
+"""Class activation maps of a checkpoint for a few images:
+``python -m hpa.explain ckpt_path=CKPT [ids=[...]] [method=gradcam] [classes=predicted]``
+(``hpa-explain``). See hpa/run/explaining.py and conf/explain.yaml."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from hpa.run.entry import entry_point
+from hpa.run.explaining import explain
+
+
+@entry_point("explain")
+def main(cfg: DictConfig) -> None:
+    explain(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Export a checkpoint as a model that runs without the training stack (``python -m hpa.export``,
+hpa/export.py).
+
+``format=onnx`` (the only format) writes an .onnx file (``hpa.integrations.onnx_export``): uint8
+RGBY images of the training size in, the 28 probabilities out, and in its metadata the class
+names, the per-class thresholds, ``ensure_one_label``, the image size, the model name and the
+training run's config (its ``.hydra/config.yaml`` as written). By default the file is
+``model.onnx`` in the export's own run directory (``RunDir.ONNX_MODEL``); ``output=PATH`` puts it
+elsewhere.
+
+Before the file is written, onnxruntime's probabilities are compared with the checkpoint's on
+the first ``check_images`` test images of the checkpoint's run (when its data can be read) and on
+``random_images`` noise images; the largest difference is logged, and above ``tolerance`` the
+export is refused (exit code 2). One checkpoint per file: test-time augmentation and ensembles of
+several checkpoints stay in Python around the model (``hpa-predict backend=onnx tta=...
+ckpt_path=[a.onnx,b.onnx]``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from hpa.data.reader import read_sample
+from hpa.errors import HPAInputError
+from hpa.evaluation.run_report import run_data_root
+from hpa.integrations.onnx_export import export_onnx
+from hpa.run.checkpoints import checkpoint_paths, load_module
+from hpa.run.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx",)
+
+
+def export(cfg: DictConfig) -> Path:
+    """Write the exported model; returns its path."""
+    if cfg.format not in FORMATS:
+        raise HPAInputError(f"format={cfg.format!r}: choose one of {', '.join(FORMATS)}")
+    paths = checkpoint_paths(cfg.ckpt_path)
+    if len(paths) != 1:
+        raise HPAInputError(
+            f"hpa-export writes one checkpoint per file, got {len(paths)}: export each, then "
+            "average them with hpa-predict backend=onnx ckpt_path=[a.onnx,b.onnx]"
+        )
+    checkpoint = paths[0]
+    trained_in = RunDir.of_checkpoint(checkpoint)
+    image_size = cfg.get("image_size") or trained_in.image_size()
+    if image_size is None:
+        raise HPAInputError(
+            f"the image size of {checkpoint} is unknown (no {trained_in / RunDir.CONFIG}): "
+            "set image_size"
+        )
+    output = Path(cfg.output) if cfg.get("output") else RunDir(cfg.paths.output_dir).onnx_model
+    module = load_module(checkpoint)
+    train_config = trained_in.config_text()
+    if not train_config:
+        log.warning(
+            "no %s beside %s: the export holds no training config", RunDir.CONFIG, checkpoint
+        )
+    check_images = run_test_images(trained_in, int(cfg.check_images), int(image_size))
+    difference = export_onnx(
+        module,
+        output,
+        int(image_size),
+        train_config,
+        check_images=check_images,
+        num_random_images=int(cfg.random_images),
+        tolerance=float(cfg.tolerance),
+    )
+    log.info(
+        "wrote %s: %s at %d px; max |onnxruntime - torch| probability %.3g on %d test and %d "
+        "random images (tolerance %g)",
+        output,
+        module.hparams.name,
+        int(image_size),
+        difference,
+        0 if check_images is None else len(check_images),
+        int(cfg.random_images),
+        float(cfg.tolerance),
+    )
+    return output
+
+
+def run_test_images(run: RunDir, count: int, image_size: int) -> np.ndarray | None:
+    """Up to ``count`` test-split images of a run (uint8 N x 4 x S x S), read from its data root's
+    train/ folder; None, with a warning, when the run's split or images cannot be read."""
+    if count <= 0:
+        return None
+    data_root = run_data_root(run)
+    try:
+        if data_root is None:
+            raise HPAInputError(f"the data root of {run} is unknown")
+        ids = run.test_ids()[:count]
+        if not len(ids):
+            raise HPAInputError(f"{run.split_file} has no test split")
+        images = [
+            read_sample(data_root / "train", sample_id, image_size)
+            for sample_id in tqdm(ids, "reading test images", leave=False)
+        ]
+    except HPAInputError as error:
+        log.warning("checking the export on random images only: %s", error)
+        return None
+    return np.stack(images)

@@ -1,0 +1,97 @@
+"""The ONNX backend of ``hpa.predict``: probabilities of .onnx files written by ``hpa-export``,
+with onnxruntime, on numpy batches read by ``hpa.data.reader`` (or the packed cache of
+``hpa.data.cache``). Test-time augmentation (``hpa.evaluation.tta``) and the ensemble of several
+files are computed here, around the models.
+
+This module and everything it imports work without torch, Lightning and timm: a machine that only
+predicts installs numpy, pandas, OpenCV, Pillow, onnxruntime, Hydra and tqdm (docs,
+explain-and-export.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from hpa.data.cache import PackedImages, ensure_cache
+from hpa.data.reader import read_sample
+from hpa.errors import HPAInputError
+from hpa.evaluation import ensemble
+from hpa.evaluation.tta import CROP_TTA_MODES, check_tta_options, predict_with_tta
+from hpa.integrations.onnx_runtime import OnnxPredictor
+from hpa.labels import CLASS_NAMES
+
+log = logging.getLogger(__name__)
+
+
+def onnx_members(
+    cfg: DictConfig, paths: Sequence[Path], image_dir: Path, ids: np.ndarray
+) -> tuple[list[ensemble.Member], bool]:
+    """(one ensemble member per .onnx file, ``ensure_one_label`` of the first) on the images of
+    ``ids``, at the image size the files were exported at; every file reads the same batches."""
+    if cfg.tta in CROP_TTA_MODES:
+        raise HPAInputError(
+            f"tta={cfg.tta} takes crops of the whole images, which an ONNX model (fixed to its "
+            "exported image size) cannot: predict with the checkpoint (backend=torch)"
+        )
+    check_tta_options(cfg.tta, cfg.tta_reduce)
+    predictors = [OnnxPredictor(path) for path in paths]
+    image_size = _image_size(predictors, cfg.data.get("image_size"))
+    for predictor in predictors:
+        if list(predictor.class_names) != list(CLASS_NAMES):
+            raise HPAInputError(f"{predictor.path} predicts other classes than hpa's 28")
+    log.info(
+        "predicting %d images with %d ONNX model(s) on %s (tta=%s)",
+        len(ids),
+        len(predictors),
+        ", ".join(predictors[0].providers),
+        cfg.tta,
+    )
+    probabilities = [np.zeros((len(ids), len(CLASS_NAMES))) for _ in predictors]
+    batches = _image_batches(cfg, image_dir, ids, image_size)
+    for rows, images in tqdm(batches, "predicting", total=-(-len(ids) // cfg.data.batch_size)):
+        for predictor, table in zip(predictors, probabilities, strict=True):
+            table[rows] = predict_with_tta(predictor.probabilities, images, cfg.tta, cfg.tta_reduce)
+    members = [
+        ensemble.Member(predictor.path, table, predictor.thresholds)
+        for predictor, table in zip(predictors, probabilities, strict=True)
+    ]
+    return members, predictors[0].ensure_one_label
+
+
+def _image_size(predictors: Sequence[OnnxPredictor], requested: int | None) -> int:
+    sizes = {predictor.path: predictor.image_size for predictor in predictors}
+    if len(set(sizes.values())) > 1:
+        described = ", ".join(f"{path}: {size} px" for path, size in sizes.items())
+        raise HPAInputError(f"the ONNX models take different image sizes ({described})")
+    image_size = next(iter(sizes.values()))
+    if requested and int(requested) != image_size:
+        raise HPAInputError(
+            f"data.image_size={requested}, but {predictors[0].path} takes {image_size} px images "
+            "only (the size it was exported at): leave data.image_size unset"
+        )
+    return image_size
+
+
+def _image_batches(
+    cfg: DictConfig, image_dir: Path, ids: np.ndarray, image_size: int
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """(rows, uint8 B x 4 x S x S batch) in ``ids`` order: from the packed cache with
+    ``data.cache=true`` (built if needed), else decoded from the files, as the torch backend's
+    ``RGBYDataset`` reads them."""
+    cache: PackedImages | None = None
+    if cfg.data.get("cache"):
+        cache = ensure_cache(image_dir, ids, image_size, cfg.data.get("cache_dir"))
+    batch_size = int(cfg.data.batch_size)
+    for start in range(0, len(ids), batch_size):
+        rows = slice(start, min(start + batch_size, len(ids)))
+        if cache is not None:
+            images = [cache[row] for row in range(rows.start, rows.stop)]
+        else:
+            images = [read_sample(image_dir, sample_id, image_size) for sample_id in ids[rows]]
+        yield rows, np.stack(images)
