@@ -3,15 +3,10 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
 from hpa.run.entry import entry_point
 from hpa.run.evaluating import evaluate
 
-
-@entry_point("eval")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+main = entry_point("eval")(evaluate)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,10 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
 from hpa.run.entry import entry_point
 from hpa.run.explaining import explain
 
-
-@entry_point("explain")
-def main(cfg: DictConfig) -> None:
-    explain(cfg)
+main = entry_point("explain")(explain)
 
 
 if __name__ == "__main__":

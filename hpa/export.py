@@ -4,15 +4,10 @@ and conf/export.yaml."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
 from hpa.run.entry import entry_point
 from hpa.run.exporting import export
 
-
-@entry_point("export")
-def main(cfg: DictConfig) -> None:
-    export(cfg)
+main = entry_point("export")(export)
 
 
 if __name__ == "__main__":

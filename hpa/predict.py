@@ -4,15 +4,10 @@ See hpa/run/predicting.py and conf/predict.yaml."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
 from hpa.run.entry import entry_point
 from hpa.run.predicting import predict
 
-
-@entry_point("predict")
-def main(cfg: DictConfig) -> None:
-    predict(cfg)
+main = entry_point("predict")(predict)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ from hpa.integrations.cam import (
     draw_explanation,
     explain_images,
     heat_map_overlay,
-    save_explanation,
     target_layer_name,
 )
 from hpa.labels import CLASS_NAMES
 from hpa.models.module import HPAModule
+from hpa.plots.figures import save_figure
 
 FAMILY_LAYERS = {
     "resnet18": "layer4",
@@ -162,7 +162,7 @@ def test_panel_shows_composite_green_and_one_map_per_class(real_images, tmp_path
     ]
 
     path = tmp_path / "explanations" / "sample0.png"
-    save_explanation(path, real_images[0], maps, [0, 25], [0.91, 0.07])
+    save_figure(draw_explanation(real_images[0], maps, [0, 25], [0.91, 0.07]), path)
     picture = cv2.imread(str(path))
     assert picture is not None and picture.shape[1] > picture.shape[0] * 3
     assert [p.name for p in path.parent.iterdir()] == ["sample0.png"]  # written atomically

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from hpa.data.synthetic import COMPARTMENTS, MOTIF_COMPARTMENTS, render_sample_with_compartments
 from hpa.integrations.cam import class_activation_maps
@@ -46,21 +46,6 @@ NUM_TRAIN_IMAGES = 256
 EPOCHS = 4
 NUM_COMPOSITES = 60  # drawn; kept when both halves hold cells (50 of them)
 RANDOM_SEEDS = (1, 2, 3)
-
-
-class LabelledImages(Dataset):
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict:
-        return {
-            "image": torch.from_numpy(self.images[index]),
-            "target": torch.from_numpy(self.labels[index]).float(),
-            "index": index,
-        }
 
 
 def one_hot(class_ids) -> np.ndarray:
@@ -136,7 +121,11 @@ def trained() -> HPAModule:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    loader = DataLoader(LabelledImages(images, labels), batch_size=16, shuffle=True)
+    samples = [  # items shaped as RGBYDataset's; a list is a map-style dataset
+        {"image": torch.from_numpy(image), "target": torch.from_numpy(label).float(), "index": i}
+        for i, (image, label) in enumerate(zip(images, labels, strict=True))
+    ]
+    loader = DataLoader(samples, batch_size=16, shuffle=True)
     trainer.fit(module, loader)
     return module.eval()
 

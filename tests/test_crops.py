@@ -138,17 +138,15 @@ def test_datamodule_crops_train_at_random_and_evaluation_at_the_centre(small_set
     assert batch["image"].shape == (4, 4, 24, 24)
 
 
+# a short run on 64 px crops of the images read at 80 px, with a test folder to predict
+CROP_RUN = ("data.synthetic.num_test=6", "debug=fast", "model=cnn", "data.load_size=80",
+            "trainer.limit_test_batches=1.0")  # fmt: skip
+
+
 @pytest.mark.slow
 def test_a_run_on_crops_is_evaluated_and_predicted_with_dihedral_crops(tmp_path: Path):
     run = tmp_path / "run"
-    run_train(
-        tmp_path,
-        "data.synthetic.num_test=6",
-        "debug=fast",
-        "model=cnn",
-        "data.load_size=80",
-        "trainer.limit_test_batches=1.0",
-    )
+    run_train(tmp_path, *CROP_RUN)
     checkpoint = run / "checkpoints" / "best.ckpt"
     run_metrics = json.loads((run / "metrics.json").read_text())
 

@@ -38,12 +38,7 @@ GENERATOR_VERSION = 1
 
 
 def _manifest(num_images: int, image_size: int, seed: int) -> dict:
-    return {
-        "generator": GENERATOR_VERSION,
-        "num_images": num_images,
-        "size": image_size,
-        "seed": seed,
-    }
+    return dict(generator=GENERATOR_VERSION, num_images=num_images, size=image_size, seed=seed)
 
 
 def _existing_manifest(root: Path) -> dict | None:

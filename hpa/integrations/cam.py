@@ -4,7 +4,8 @@
 ids, a heat map in [0, 1] at the image's size (each map scaled by its own maximum, as the
 library does) and the model's probability of that class. ``explain_images`` does the same for
 images with class lists of their own (``predicted_class_ids``: the classes the model predicts).
-``draw_explanation`` turns one image's maps into a figure; ``save_explanation`` writes it as a PNG.
+``draw_explanation`` turns one image's maps into a figure (``hpa.plots.figures.save_figure``
+writes it).
 
 The methods suit classifiers that pool the target layer globally before anything else (timm's
 CNNs), so that a class's gradient is the same at every position of the layer and the map is the
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -51,7 +51,7 @@ from hpa.evaluation.thresholds import binarize
 from hpa.labels import CHANNELS, CLASS_NAMES
 from hpa.models.backbones import SeedCNN
 from hpa.models.module import HPAModule
-from hpa.plots.figures import heat_map_title, save_figure
+from hpa.plots.figures import heat_map_title
 from hpa.plots.rgby import heat_map_overlay, rgby_composite
 
 CAM_METHODS: dict[str, type[BaseCAM]] = {
@@ -335,16 +335,3 @@ def draw_explanation(
     if title:
         figure.suptitle(title, fontsize=11)
     return figure
-
-
-def save_explanation(
-    path: str | Path,
-    image: np.ndarray,
-    maps: np.ndarray,
-    class_ids: Sequence[int],
-    probabilities: Sequence[float],
-    title: str | None = None,
-    columns: int | None = None,
-) -> None:
-    """Draw ``draw_explanation``'s panel and write it to ``path`` as a PNG, atomically."""
-    save_figure(draw_explanation(image, maps, class_ids, probabilities, title, columns), path)

@@ -38,6 +38,7 @@ from hpa.errors import HPAInputError
 from hpa.evaluation.run_report import run_data_root
 from hpa.integrations import cam
 from hpa.labels import NUM_CLASSES
+from hpa.plots.figures import save_figure
 from hpa.plots.rgby import class_names_of
 from hpa.run.checkpoints import checkpoint_paths, load_module
 from hpa.run.predicting import test_ids
@@ -106,8 +107,7 @@ def explain(cfg: DictConfig) -> list[Path]:
         class_ids = _class_ids(module, image, sample, mode)
         explanation = cam.explain_images(module, image[None], [class_ids], method, layer)[0]
         path = run_dir.explanation_png(sample.sample_id)
-        cam.save_explanation(
-            path,
+        figure = cam.draw_explanation(
             image,
             explanation.maps,
             explanation.class_ids,
@@ -115,6 +115,7 @@ def explain(cfg: DictConfig) -> list[Path]:
             title=_title(sample, method),
             columns=PANEL_COLUMNS,
         )
+        save_figure(figure, path)
         written.append(path)
     log.info("wrote %d explanation(s) to %s", len(written), run_dir.explanations_dir)
     return written
