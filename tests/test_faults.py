@@ -111,6 +111,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(log, reference)
 
 
+@pytest.mark.slow
 def test_resume_a_run_dir_continues_its_checkpoint_and_log(tmp_path: Path) -> None:
     data_dir, first = tmp_path / "data", tmp_path / "first"
     short = ("test=false", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2")
@@ -138,6 +139,7 @@ def test_ckpt_path_last_without_a_matching_run_is_refused(tmp_path: Path) -> Non
     assert "ckpt_path=last: no run under" in output and "Traceback" not in output
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(
     tmp_path: Path,
 ) -> None:

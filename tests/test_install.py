@@ -13,6 +13,7 @@ import venv
 import zipfile
 from pathlib import Path
 
+import pytest
 from cli import REPO
 
 
@@ -45,6 +46,7 @@ def fresh_environment(path: Path) -> Path:
     return path / "bin" / "python"
 
 
+@pytest.mark.slow
 def test_a_built_wheel_trains_from_a_directory_without_conf(tmp_path: Path):
     wheel = build_wheel(tmp_path / "dist")
     with zipfile.ZipFile(wheel) as archive:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from cli import SMALL_SYNTHETIC_SET, run_module
 
@@ -67,6 +68,7 @@ def test_debug_fast_run_writes_every_artifact(tmp_path: Path):
     assert 0.0 <= final["test/f1_samples@0.5"] <= 1.0
 
 
+@pytest.mark.slow
 def test_split_file_is_reused(tmp_path: Path):
     first = tmp_path / "first"
     run_train(first, "debug=fast", "model=cnn")
@@ -86,6 +88,7 @@ def test_missing_data_root_stops_with_a_clear_message(tmp_path: Path):
     assert "Traceback" not in output
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_split_and_metrics(tmp_path: Path):
     overrides = ("debug=fast", "model=cnn", "data.num_workers=1", "trainer.limit_train_batches=6")
     run_train(tmp_path / "a", *overrides)
@@ -108,6 +111,7 @@ def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path: 
     assert last["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_a_data_root_that_is_not_a_synthetic_set_is_refused_with_data_synthetic(tmp_path: Path):
     """`data.root=X` without `data=hpa` must not generate synthetic images into X."""
     empty = tmp_path / "empty"

@@ -18,6 +18,7 @@ def media_table(run_dir: Path, key: str) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_offline_multirun_logs_one_wandb_run_per_job(tmp_path: Path, monkeypatch):
     # no credentials and no WANDB_MODE: the logger must go offline by itself, without a prompt
     for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY"):
@@ -90,6 +91,7 @@ def test_offline_multirun_logs_one_wandb_run_per_job(tmp_path: Path, monkeypatch
     assert len(run_ids) == 2
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_its_wandb_run(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     data_dir, run_dir = tmp_path / "data", tmp_path / "first"

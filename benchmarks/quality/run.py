@@ -61,6 +61,12 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hpa_no_early_stop": (HPA, ("callbacks.early_stopping=null",)),
     "hpa_focal": (HPA, ("loss=focal",)),
     "hpa_oversample_focal": (HPA, ("data.oversample=true", "loss=focal")),
+    # the candidate defaults (constant rate, D4 flips) and the tuned recipe on top of them
+    "hpa_new": (HPA, ("scheduler=none", "augment=flips")),
+    "hpa_new_recipe": (
+        HPA,
+        ("scheduler=none", "augment=flips", "data.oversample=true", "loss=focal"),
+    ),
     # every ingredient of the plain loop at once: what is left is the framework itself
     "hpa_as_plain": (
         HPA,

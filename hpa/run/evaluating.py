@@ -36,7 +36,7 @@ from hpa.evaluation.thresholds import binarize
 from hpa.evaluation.tta import tta_input
 from hpa.models.module import HPAModule
 from hpa.run import builders
-from hpa.run.checkpoints import checkpoint_paths, load_module
+from hpa.run.checkpoints import check_checkpoint, checkpoint_paths, load_module
 from hpa.run.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     paths = checkpoint_paths(cfg.ckpt_path)
+    for path in paths:  # a foreign file is named as such, before its run's config is read
+        check_checkpoint(path)
     run_dir = RunDir(cfg.paths.output_dir)
     data_cfg, crop_size = _data_config(cfg, RunDir.of_checkpoint(paths[0]))
     first = load_module(paths[0], cfg.tta, cfg.tta_reduce, crop_size)
