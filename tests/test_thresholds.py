@@ -16,6 +16,7 @@ from hpa.evaluation.thresholds import (
     average_thresholds,
     binarize,
     decision_thresholds,
+    fold_averaged_thresholds,
     global_threshold,
     load_thresholds,
     min_positives_thresholds,
@@ -281,6 +282,30 @@ def test_rate_matching_predicts_the_train_rate_of_each_class():
         rate_matched_thresholds(probabilities, np.full(NUM_CLASSES, 1.5))
 
 
+def test_fold_averaged_thresholds_average_the_searches_without_each_fold():
+    # One class, four rows, two folds: rows 0 and 1 in one fold and rows 2 and 3 in the other
+    # (what default_rng(0) draws, checked below). Searched on rows 0, 1 (0.3 negative, 0.6
+    # positive) the F1-maximising band is [0.3, 0.6), whose candidate closest to 0.5 is 0.5;
+    # on rows 2, 3 (0.1 negative, 0.2 positive) the band is [0.1, 0.2), on the 0.05 grid 0.15.
+    # The average is 0.325.
+    probabilities = np.full((4, NUM_CLASSES), 0.05)
+    targets = np.zeros((4, NUM_CLASSES), dtype=np.uint8)
+    probabilities[:, 0] = [0.3, 0.6, 0.1, 0.2]
+    targets[:, 0] = [0, 1, 0, 1]
+    assert (np.random.default_rng(0).permutation(4) % 2).tolist() in ([0, 0, 1, 1], [1, 1, 0, 0])
+    grid = np.round(np.arange(0.05, 1.0, 0.05), 2)
+    thresholds = fold_averaged_thresholds(probabilities, targets, folds=2, candidates=grid)
+    assert thresholds[0] == pytest.approx((0.5 + 0.15) / 2)
+    np.testing.assert_allclose(thresholds[1:], 0.5)  # no positives in any fold: the fallback
+    # a single search on all four rows gives 0.15 (the band [0.1, 0.2) keeps both positives)
+    assert search_thresholds(probabilities, targets, grid)[0] == pytest.approx(0.15)
+    np.testing.assert_array_equal(
+        decision_thresholds("folds", probabilities, targets, folds=2, candidates=grid), thresholds
+    )
+    with pytest.raises(ValueError, match="folds must be between 2 and the 4 rows"):
+        fold_averaged_thresholds(probabilities, targets, folds=5)
+
+
 def test_average_thresholds_is_the_class_wise_mean():
     first, second = np.full(NUM_CLASSES, 0.2), np.linspace(0.1, 0.9, NUM_CLASSES)
     np.testing.assert_allclose(average_thresholds([first, second]), (first + second) / 2)
@@ -295,7 +320,7 @@ def test_decision_thresholds_dispatches_each_policy():
     rng = np.random.default_rng(4)
     probabilities, targets, _ = _separable(rng, n=100)
     rates = np.linspace(0.01, 0.5, NUM_CLASSES)
-    assert POLICIES == ("fixed", "tuned", "rate", "shrunk", "min_positives")
+    assert POLICIES == ("fixed", "tuned", "rate", "shrunk", "min_positives", "folds")
     np.testing.assert_array_equal(
         decision_thresholds("fixed", probabilities, targets, threshold=0.4),
         np.full(NUM_CLASSES, 0.4),

@@ -24,7 +24,6 @@ from sklearn.metrics import f1_score
 
 from benchmarks.quality.record import Record, RunKey, find_records, load_record
 from hpa.evaluation.thresholds import (
-    average_thresholds,
     binarize,
     decision_thresholds,
     search_thresholds,
@@ -72,17 +71,6 @@ RULES = {  # name -> index of the epoch kept (first on ties, as ModelCheckpoint)
 }
 
 
-def _tuned_on_folds(probabilities, targets, folds: int = 5) -> np.ndarray:
-    """Thresholds tuned on each 4/5 of val (seeded folds), averaged."""
-    fold_of_row = np.random.default_rng(0).permutation(len(targets)) % folds
-    return average_thresholds(
-        [
-            decision_thresholds("tuned", probabilities[fold_of_row != k], targets[fold_of_row != k])
-            for k in range(folds)
-        ]
-    )
-
-
 POLICIES = {  # name -> thresholds from (val probabilities, val targets, train label rate)
     "0.5": lambda p, y, rate: np.full(y.shape[1], 0.5),
     "tuned": lambda p, y, rate: decision_thresholds("tuned", p, y),
@@ -90,7 +78,7 @@ POLICIES = {  # name -> thresholds from (val probabilities, val targets, train l
     "rate": lambda p, y, rate: decision_thresholds("rate", p, y, rate),
     "shrunk10": lambda p, y, rate: decision_thresholds("shrunk", p, y, half_weight_positives=10),
     "min_pos5": lambda p, y, rate: decision_thresholds("min_positives", p, y, min_positives=5),
-    "tuned_folds5": lambda p, y, rate: _tuned_on_folds(p, y),
+    "tuned_folds5": lambda p, y, rate: decision_thresholds("folds", p, y, folds=5),
 }
 
 

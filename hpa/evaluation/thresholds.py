@@ -8,8 +8,9 @@ A class with a handful of validation positives gets a tuned threshold fitted to 
 scores, which often does not transfer to the test set. ``decision_thresholds`` therefore offers
 policies (``POLICIES``) that lean less on them: ``fixed`` (one value for every class), ``tuned``
 (the per-class F1 search), ``rate`` (match the train split's label rate), ``shrunk`` (pull the
-tuned value toward the best single threshold, the more so the fewer positives a class has) and
-``min_positives`` (the single threshold for classes with too few positives).
+tuned value toward the best single threshold, the more so the fewer positives a class has),
+``min_positives`` (the single threshold for classes with too few positives) and ``folds`` (tuned
+on each of k overlapping parts of the validation split, averaged).
 """
 
 from __future__ import annotations
@@ -193,6 +194,31 @@ def min_positives_thresholds(
     )
 
 
+def fold_averaged_thresholds(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    folds: int = 5,
+    seed: int = 0,
+    fallback: float = 0.5,
+    candidates: np.ndarray | None = None,
+) -> np.ndarray:
+    """The mean of ``folds`` tuned threshold vectors, each searched on the validation rows outside
+    one fold (row i is in fold ``permutation(n)[i] % folds``, numpy's ``default_rng(seed)``): one
+    noisy positive moves the average by a fraction of what it moves a single search."""
+    folds = int(folds)
+    if folds < 2 or folds > len(targets):
+        raise ValueError(f"folds must be between 2 and the {len(targets)} rows, got {folds}")
+    fold_of_row = np.random.default_rng(seed).permutation(len(targets)) % folds
+    return average_thresholds(
+        [
+            search_thresholds(
+                probabilities[fold_of_row != k], targets[fold_of_row != k], candidates, fallback
+            )
+            for k in range(folds)
+        ]
+    )
+
+
 def average_thresholds(threshold_vectors: Sequence[np.ndarray]) -> np.ndarray:
     """The class-wise mean of several threshold vectors (e.g. one per fold or ensemble member)."""
     stacked = np.asarray(threshold_vectors, dtype=np.float64)
@@ -229,12 +255,19 @@ def _min_positives_policy(
     return min_positives_thresholds(probabilities, targets, min_positives, candidates)
 
 
+def _folds_policy(
+    probabilities, targets, train_label_rate, folds=5, seed=0, threshold=0.5, candidates=None
+):
+    return fold_averaged_thresholds(probabilities, targets, folds, seed, threshold, candidates)
+
+
 _POLICY_FUNCTIONS = {
     "fixed": _fixed_policy,
     "tuned": _tuned_policy,
     "rate": _rate_policy,
     "shrunk": _shrunk_policy,
     "min_positives": _min_positives_policy,
+    "folds": _folds_policy,
 }
 POLICIES: tuple[str, ...] = tuple(_POLICY_FUNCTIONS)
 
