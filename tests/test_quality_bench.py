@@ -102,11 +102,14 @@ def test_plain_loop_records_every_epoch(independent_set: Path, tmp_path: Path):
 
 def test_every_hpa_variant_composes_with_its_one_difference():
     base = train_config("data=hpa", "data.root=/nowhere")
+    before = train_config("data=hpa", "data.root=/nowhere", *driver.BEFORE)
+    assert before != base  # the ablations' reference is the defaults before the benchmark
     for name, (program, overrides) in driver.VARIANTS.items():
         if program == driver.HPA:
             cfg = train_config("data=hpa", "data.root=/nowhere", *overrides)
             assert cfg != base or name == "hpa", name
-    assert "affine" not in train_config("~augment.affine").augment
+            assert cfg != before or name == "hpa_before", name
+    assert "affine" not in train_config(*driver.VARIANTS["hpa_no_affine"][1]).augment
     no_stop = train_config(*driver.VARIANTS["hpa_no_early_stop"][1])
     assert no_stop.callbacks.early_stopping is None
     weak = OmegaConf.to_container(train_config(*driver.VARIANTS["hpa_weak_affine"][1]).augment)
