@@ -11,9 +11,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from omegaconf import DictConfig
-
-from hpa.run.checkpoint_averaging import average_run
 from hpa.run.entry import entry_point
 
 # Hydra's own options whose value is the next argument (not a run directory)
@@ -34,9 +31,7 @@ _HYDRA_OPTIONS_WITH_VALUE = {
 }
 
 
-@entry_point("average")
-def main(cfg: DictConfig) -> None:
-    average_run(cfg)
+main = entry_point("average", "hpa.run.checkpoint_averaging:average_run")
 
 
 def hydra_arguments(arguments: Sequence[str]) -> list[str]:

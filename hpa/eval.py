@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 from hpa.run.entry import entry_point
-from hpa.run.evaluating import evaluate
 
-main = entry_point("eval")(evaluate)
+main = entry_point("eval", "hpa.run.evaluating:evaluate")
 
 
 if __name__ == "__main__":

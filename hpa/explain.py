@@ -5,9 +5,8 @@
 from __future__ import annotations
 
 from hpa.run.entry import entry_point
-from hpa.run.explaining import explain
 
-main = entry_point("explain")(explain)
+main = entry_point("explain", "hpa.run.explaining:explain")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,8 @@ and conf/export.yaml."""
 from __future__ import annotations
 
 from hpa.run.entry import entry_point
-from hpa.run.exporting import export
 
-main = entry_point("export")(export)
+main = entry_point("export", "hpa.run.exporting:export")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,8 @@ See hpa/run/predicting.py and conf/predict.yaml."""
 from __future__ import annotations
 
 from hpa.run.entry import entry_point
-from hpa.run.predicting import predict
 
-main = entry_point("predict")(predict)
+main = entry_point("predict", "hpa.run.predicting:predict")
 
 
 if __name__ == "__main__":

@@ -12,15 +12,9 @@ Returns the run's ``optimized_metric`` to a sweeper (Optuna); see hpa/run/traini
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
 from hpa.run.entry import entry_point
-from hpa.run.training import objective, train
 
-
-@entry_point("train")
-def main(cfg: DictConfig) -> float | None:
-    return objective(cfg, train(cfg))
+main = entry_point("train", "hpa.run.training:train_and_score")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,24 @@ def test_each_entry_point_has_its_own_help(module: str, usage: str, absent: str 
     assert "trainer:" in result.stdout
     if absent:  # lists only the groups this entry point accepts
         assert absent not in result.stdout
+
+
+@pytest.mark.parametrize("module", ["hpa.train", "hpa.eval", "hpa.predict", "hpa.average"])
+def test_help_and_completion_do_not_load_the_training_stack(module: str):
+    # --help, shell completion and refused overrides answer before torch, Lightning and timm load
+    script = (
+        "import sys, runpy\n"
+        "try:\n"
+        f"    runpy.run_module({module!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('loaded:', sorted({'torch', 'pytorch_lightning', 'timm'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "--help"], capture_output=True, text=True, check=True
+    )
+    assert "Usage: hpa-" in result.stdout
+    assert "loaded: []" in result.stdout
 
 
 def test_the_2018_recipes_set_their_teams_settings(tmp_path: Path):

@@ -1,11 +1,12 @@
 """What every entry point shares: its Hydra config, the logged config, exit codes and closing W&B.
 
-    @entry_point("train")
-    def main(cfg: DictConfig) -> float | None: ...
+    main = entry_point("eval", "hpa.run.evaluating:evaluate")
 
-makes ``main`` a Hydra app reading ``conf/train.yaml`` (the clone's top-level ``conf/``, or the
-copy inside an installed package), runnable as ``python -m hpa.train`` and as the console script
-``hpa-train``. Inside it:
+makes ``main`` a Hydra app reading ``conf/eval.yaml`` (the clone's top-level ``conf/``, or the
+copy inside an installed package) that calls ``evaluate(cfg)``, runnable as ``python -m hpa.eval``
+and as the console script ``hpa-eval``. The task's module (and with it torch, Lightning and timm)
+is imported only once Hydra has composed the config: ``--help``, shell completion and a refused
+override answer in a fraction of a second. Inside it:
 
 - the resolved config is logged, with secrets redacted;
 - bad input (``HPAInputError``) ends the run with one message and exit code 2, a diverged training
@@ -15,7 +16,7 @@ copy inside an installed package), runnable as ``python -m hpa.train`` and as th
 
 from __future__ import annotations
 
-import functools
+import importlib
 import logging
 import os
 import sys
@@ -33,8 +34,6 @@ from hpa.secrets import redact
 
 log = logging.getLogger("hpa")
 
-Task = Callable[[DictConfig], Any]
-
 
 def _config_dir() -> Path:
     """``hpa/conf`` inside an installed wheel, else the clone's top-level ``conf/`` (the one
@@ -47,29 +46,26 @@ def _config_dir() -> Path:
 CONFIG_DIR = _config_dir()
 
 
-def entry_point(config_name: str) -> Callable[[Task], Callable[[], Any]]:
-    """Decorate ``task(cfg)`` into the Hydra app of ``conf/<config_name>.yaml``."""
+def entry_point(config_name: str, task: str) -> Callable[[], Any]:
+    """The Hydra app of ``conf/<config_name>.yaml`` that calls ``task`` (``"module:function"``,
+    imported when the app runs) with the composed config."""
+    module_name, function_name = task.split(":")
 
-    def decorate(task: Task) -> Callable[[], Any]:
-        @functools.wraps(task)
-        def run(cfg: DictConfig) -> Any:
-            log.info(
-                "config:\n%s", OmegaConf.to_yaml(redact(OmegaConf.to_container(cfg, resolve=True)))
-            )
-            with exit_on_input_error(), exit_on_non_finite_loss(cfg):
-                try:
-                    result = task(cfg)
-                except BaseException:
-                    _close_open_wandb_run(exit_code=1)
-                    raise
-                _close_open_wandb_run(exit_code=0)
-                return result
-
-        return hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(
-            run
+    def run(cfg: DictConfig) -> Any:
+        log.info(
+            "config:\n%s", OmegaConf.to_yaml(redact(OmegaConf.to_container(cfg, resolve=True)))
         )
+        with exit_on_input_error(), exit_on_non_finite_loss(cfg):
+            try:
+                result = getattr(importlib.import_module(module_name), function_name)(cfg)
+            except BaseException:
+                _close_open_wandb_run(exit_code=1)
+                raise
+            _close_open_wandb_run(exit_code=0)
+            return result
 
-    return decorate
+    run.__name__ = function_name
+    return hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(run)
 
 
 @contextmanager

@@ -184,6 +184,11 @@ def _log_summary(
     log.info("final metrics (%s):\n%s\nrun directory: %s", weights, "\n".join(lines), run_dir)
 
 
+def train_and_score(cfg: DictConfig) -> float | None:
+    """``hpa.train``: the run, then the value a sweeper (Optuna) optimises."""
+    return objective(cfg, train(cfg))
+
+
 def objective(cfg: DictConfig, final_metrics: dict[str, float]) -> float | None:
     """What a sweep optimises: the run's ``optimized_metric``, or None (a failed trial) when it is
     missing or not finite."""
