@@ -68,6 +68,7 @@ def evaluate(output: Path, *overrides: str):
     return run_module("hpa.eval", f"hydra.run.dir={output}", *overrides)
 
 
+@pytest.mark.slow
 def test_eval_with_dihedral_tta_averages_the_eight_symmetries(trained_run: Path, tmp_path: Path):
     checkpoint = trained_run / "checkpoints" / "best.ckpt"
     result = evaluate(tmp_path / "tta", f"ckpt_path={checkpoint}", "tta=dihedral")
@@ -168,6 +169,7 @@ def test_members_with_different_test_splits_are_refused(trained_run: Path, tmp_p
     assert "test split" in output and "other_run" in output and "Traceback" not in output
 
 
+@pytest.mark.slow
 def test_eval_takes_the_trainer_group_of_training(trained_run: Path, tmp_path: Path):
     """`trainer=...` overrides reach eval's Trainer: bf16 autocast on the CPU here."""
     checkpoint = trained_run / "checkpoints" / "best.ckpt"

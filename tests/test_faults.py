@@ -127,6 +127,7 @@ def test_resume_a_run_dir_continues_its_checkpoint_and_log(tmp_path: Path) -> No
     assert not (tmp_path / "second" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_ckpt_path_last_without_a_matching_run_is_refused(tmp_path: Path) -> None:
     result = run_module(
         "hpa.train",

@@ -48,6 +48,7 @@ def shared_dir() -> Path:
     return beside if beside.is_dir() else Path("/work/shared")
 
 
+@pytest.mark.slow
 def test_explore_data_runs():
     if not (shared_dir() / "data" / "hpa2018" / "train.csv").is_file():
         pytest.skip(f"the real train.csv is not under {shared_dir()}")

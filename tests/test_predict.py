@@ -65,6 +65,7 @@ def test_submission_follows_the_sample_submission(trained, tmp_path: Path):
         assert list(real.columns) == list(submission.columns)
 
 
+@pytest.mark.slow
 def test_an_ensemble_of_one_model_twice_equals_the_model(trained, tmp_path: Path):
     checkpoint, data_root = trained
     single, double = tmp_path / "single", tmp_path / "double"

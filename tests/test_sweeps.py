@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 from hydra import compose, initialize_config_dir
@@ -82,6 +83,7 @@ def test_optuna_config_composes_a_maximising_search():
     assert cfg.optimized_metric == "val/f1_macro"
 
 
+@pytest.mark.slow
 def test_optuna_study_in_sqlite_records_a_failed_trial_and_finishes(tmp_path: Path):
     """Three real trials; weight_decay=-1 is impossible (AdamW refuses it), so those trials fail
     and the sweep goes on. The seeded random sampler draws -1, 0, -1."""

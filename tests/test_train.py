@@ -100,6 +100,7 @@ def test_same_config_and_seed_give_the_same_split_and_metrics(tmp_path: Path):
     )
 
 
+@pytest.mark.slow
 def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path: Path):
     # lr=0: the validation metric never improves after epoch 0, so best.ckpt stays at epoch 0;
     # last.ckpt, which a resume starts from, must still be the final epoch's

@@ -250,6 +250,7 @@ def test_full_traceback_with_hydra_full_error(small_set: Path, tmp_path: Path) -
     assert "Traceback" in output and "HPAInputError" in output
 
 
+@pytest.mark.slow
 def test_on_bad_image_skip_trains_and_writes_the_skipped_ids(
     small_set: Path, tmp_path: Path
 ) -> None:
