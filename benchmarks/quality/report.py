@@ -26,6 +26,7 @@ from benchmarks.quality.record import Record, RunKey, find_records, load_record
 from hpa.evaluation.thresholds import (
     binarize,
     decision_thresholds,
+    rate_matched_thresholds,
     search_thresholds,
 )
 from hpa.io import write_csv
@@ -42,16 +43,22 @@ def samples_f1(targets: np.ndarray, decisions: np.ndarray) -> float:
 
 
 def validation_curves(record: Record) -> dict[str, np.ndarray]:
-    """Per epoch: val macro F1 at 0.5, at thresholds tuned on val itself, and the val loss."""
+    """Per epoch: val macro F1 at 0.5, at thresholds tuned on val itself, at rate-matched ones
+    (which use the train label rate, not val's labels), and the val loss."""
     targets = record.val_targets
     at_half = [macro_f1(targets, p > 0.5) for p in record.val_probabilities]
     tuned = [
         macro_f1(targets, binarize(p, search_thresholds(p, targets), ensure_one_label=False))
         for p in record.val_probabilities
     ]
+    rate = [
+        macro_f1(targets, binarize(p, rate_matched_thresholds(p, record.train_label_rate), False))
+        for p in record.val_probabilities
+    ]
     return {
         "val_f1": np.array(at_half),
         "val_f1_tuned": np.array(tuned),
+        "val_f1_rate": np.array(rate),
         "val_loss": np.array(record.val_loss),
     }
 
@@ -66,6 +73,7 @@ RULES = {  # name -> index of the epoch kept (first on ties, as ModelCheckpoint)
     "val_f1": lambda curves: int(np.argmax(curves["val_f1"])),  # hpa and the plain loop now
     "val_loss": lambda curves: int(np.argmin(curves["val_loss"])),
     "val_f1_tuned": lambda curves: int(np.argmax(curves["val_f1_tuned"])),
+    "val_f1_rate": lambda curves: int(np.argmax(curves["val_f1_rate"])),
     "val_f1_mean3": lambda curves: int(np.argmax(_centred_mean(curves["val_f1"]))),
     "last": lambda curves: len(curves["val_f1"]) - 1,
 }
@@ -155,7 +163,7 @@ def tables(scores: pd.DataFrame, rule: str = "val_f1") -> str:
             "epoch kept": kept[kept.policy == "0.5"].groupby("variant").epoch.mean().round(1),
         }
     )
-    for policy in ("0.5", "tuned"):
+    for policy in ("0.5", "tuned", "rate"):
         for metric in ("macro_f1", "samples_f1"):
             headline[f"{metric} {policy}"] = _pivot(kept[kept.policy == policy], "rule", metric)[
                 rule
@@ -170,6 +178,10 @@ def tables(scores: pd.DataFrame, rule: str = "val_f1") -> str:
         (
             "test macro F1 at tuned thresholds, by checkpoint rule",
             _pivot(scores[scores.policy == "tuned"], "rule", "macro_f1"),
+        ),
+        (
+            "test macro F1 at rate-matched thresholds, by checkpoint rule",
+            _pivot(scores[scores.policy == "rate"], "rule", "macro_f1"),
         ),
         (
             f"test macro F1 by threshold policy (epoch by {rule})",

@@ -52,6 +52,8 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hpa": (HPA, ()),  # today's defaults
     # the tuned recipe on today's defaults (its threshold policy is applied in the report)
     "hpa_recipe": (HPA, ("data.oversample=true", "loss=focal")),
+    "hpa_plus_oversample": (HPA, ("data.oversample=true",)),
+    "hpa_plus_focal": (HPA, ("loss=focal",)),
     "hpa_before": (HPA, BEFORE),
     "hpa_flips": (HPA, (*BEFORE, "augment=flips")),
     "hpa_noaug": (HPA, (*BEFORE, "augment=none")),
