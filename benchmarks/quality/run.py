@@ -40,7 +40,16 @@ _WEAK_AFFINE = (
 _NO_NORMALIZE = ("data.normalize.mean=[0,0,0,0]", "data.normalize.std=[1,1,1,1]")
 # hpa's defaults before this benchmark (commit 24c2aa3): the ablations below change one of them
 # at a time, so they keep their meaning whatever today's defaults are
-BEFORE = ("augment=basic", "scheduler=cosine")
+BEFORE = (
+    "augment=basic",
+    "scheduler=cosine",
+    "data.normalize.mean=null",
+    "data.normalize.std=null",
+    "callbacks.early_stopping.monitor=val/f1_macro",
+    "callbacks.early_stopping.mode=max",
+)
+# the way from BEFORE to today's defaults: the two changes of the first round
+FLIPS_CONSTANT = (*BEFORE, "augment=flips", "scheduler=none")
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # name: (program, its arguments): plain.py flags or hpa.train overrides
     "plain": (PLAIN, ()),
@@ -54,6 +63,9 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hpa_recipe": (HPA, ("data.oversample=true", "loss=focal")),
     "hpa_plus_oversample": (HPA, ("data.oversample=true",)),
     "hpa_plus_focal": (HPA, ("loss=focal",)),
+    "hpa_flips_constant": (HPA, FLIPS_CONSTANT),
+    "hpa_flips_constant_no_norm": (HPA, (*FLIPS_CONSTANT, *_NO_NORMALIZE)),
+    "hpa_flips_constant_recipe": (HPA, (*FLIPS_CONSTANT, "data.oversample=true", "loss=focal")),
     "hpa_before": (HPA, BEFORE),
     "hpa_flips": (HPA, (*BEFORE, "augment=flips")),
     "hpa_noaug": (HPA, (*BEFORE, "augment=none")),
