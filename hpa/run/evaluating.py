@@ -44,10 +44,12 @@ log = logging.getLogger(__name__)
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     paths = checkpoint_paths(cfg.ckpt_path)
-    for path in paths:  # a foreign file is named as such, before its run's config is read
-        check_checkpoint(path)
     run_dir = RunDir(cfg.paths.output_dir)
-    data_cfg, crop_size = _data_config(cfg, RunDir.of_checkpoint(paths[0]))
+    try:
+        data_cfg, crop_size = _data_config(cfg, RunDir.of_checkpoint(paths[0]))
+    except HPAInputError:
+        check_checkpoint(paths[0])  # a foreign file is named as such, not as a missing run
+        raise
     first = load_module(paths[0], cfg.tta, cfg.tta_reduce, crop_size)
     datamodule = _datamodule(cfg, data_cfg, first, RunDir.of_checkpoint(paths[0]))
     datamodule.prepare_data()
