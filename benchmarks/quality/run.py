@@ -37,6 +37,7 @@ _WEAK_AFFINE = (
     "augment.affine.scale=[0.95,1.05]",
     "augment.affine.rotate=[-15,15]",
 )
+_INVERSE_FREQUENCY = ("data.sampler.strategy=inverse_frequency", "data.sampler.power=0.5")
 _NO_NORMALIZE = ("data.normalize.mean=[0,0,0,0]", "data.normalize.std=[1,1,1,1]")
 # hpa's defaults before this benchmark (commit 24c2aa3): the ablations below change one of them
 # at a time, so they keep their meaning whatever today's defaults are
@@ -62,6 +63,14 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # the tuned recipe on today's defaults (its threshold policy is applied in the report)
     "hpa_recipe": (HPA, ("data.oversample=true", "loss=focal")),
     "hpa_plus_oversample": (HPA, ("data.oversample=true",)),
+    # candidates for the tuned recipe: milder or broader oversampling, with BCE or focal loss
+    "hpa_recipe_boost2": (HPA, ("data.oversample=true", "data.sampler.boost=2")),
+    "hpa_recipe_invfreq": (HPA, ("data.oversample=true", *_INVERSE_FREQUENCY)),
+    "hpa_recipe_invfreq_focal": (HPA, ("data.oversample=true", *_INVERSE_FREQUENCY, "loss=focal")),
+    "hpa_recipe_boost2_balanced": (
+        HPA,
+        ("data.oversample=true", "data.sampler.boost=2", "loss=bce_balanced"),
+    ),
     "hpa_plus_focal": (HPA, ("loss=focal",)),
     "hpa_flips_constant": (HPA, FLIPS_CONSTANT),
     "hpa_flips_constant_no_norm": (HPA, (*FLIPS_CONSTANT, *_NO_NORMALIZE)),
