@@ -163,6 +163,8 @@ def test_the_2018_recipes_set_their_teams_settings(tmp_path: Path):
     assert pudae["callbacks"]["epoch_checkpoints"]["keep_last"] == 10
     assert pudae["callbacks"]["early_stopping"] is None
     assert pudae["trainer"]["max_epochs"] == 41
+    assert pudae["data"]["normalize"]["mean"] == [0.5] * 4
+    assert pudae["data"]["normalize"]["std"] == [1.0] * 4
 
 
 def test_every_recipe_line_names_its_source():

@@ -76,12 +76,7 @@ def explain(cfg: DictConfig) -> list[Path]:
         )
     checkpoint = paths[0]
     trained_in = RunDir.of_checkpoint(checkpoint)
-    image_size = cfg.data.get("image_size") or trained_in.image_size()
-    if image_size is None:
-        raise HPAInputError(
-            f"the image size of {checkpoint} is unknown (no {trained_in / RunDir.CONFIG}): "
-            "set data.image_size"
-        )
+    image_size = trained_in.image_size_or(cfg.data.get("image_size"), checkpoint, "data.image_size")
     module = load_module(checkpoint)
     layer = cam.target_layer_name(module, cfg.get("target_layer"))
     root = _data_root(cfg, trained_in)

@@ -49,12 +49,7 @@ def export(cfg: DictConfig) -> Path:
         )
     checkpoint = paths[0]
     trained_in = RunDir.of_checkpoint(checkpoint)
-    image_size = cfg.get("image_size") or trained_in.image_size()
-    if image_size is None:
-        raise HPAInputError(
-            f"the image size of {checkpoint} is unknown (no {trained_in / RunDir.CONFIG}): "
-            "set image_size"
-        )
+    image_size = trained_in.image_size_or(cfg.get("image_size"), checkpoint, "image_size")
     output = Path(cfg.output) if cfg.get("output") else RunDir(cfg.paths.output_dir).onnx_model
     module = load_module(checkpoint)
     train_config = trained_in.config_text()

@@ -222,6 +222,17 @@ class RunDir:
             return None
         return int(self.data_config().image_size)
 
+    def image_size_or(self, given: int | None, checkpoint: Path, setting: str) -> int:
+        """``given`` when set, else the size the run trained at; refuses, naming ``setting``,
+        when neither is known (a checkpoint without its run's config)."""
+        image_size = given or self.image_size()
+        if image_size is None:
+            raise HPAInputError(
+                f"the image size of {checkpoint} is unknown (no {self / self.CONFIG}): "
+                f"set {setting}"
+            )
+        return int(image_size)
+
     def load_size(self) -> int | None:
         """The size the run read its images at before cropping (``data.load_size``), or None
         when it read them at its image size."""

@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader
 from hpa.data.cache import ensure_cache
 from hpa.data.dataset import RGBYDataset, collate_samples
 from hpa.data.transforms import evaluation_crop
-from hpa.errors import HPAInputError
 from hpa.evaluation import ensemble
 from hpa.evaluation.tta import tta_input
 from hpa.labels import CLASS_NAMES
@@ -66,9 +65,7 @@ def checkpoint_members(
     """(one ensemble member per checkpoint, ``ensure_one_label`` of the first) on the images of
     ``ids``, at ``data.image_size`` or the size the first checkpoint's run trained at."""
     trained_in = RunDir.of_checkpoint(paths[0])
-    image_size = cfg.data.image_size or trained_in.image_size()
-    if image_size is None:
-        raise HPAInputError(f"image size of {paths[0]} unknown: set data.image_size")
+    image_size = trained_in.image_size_or(cfg.data.image_size, paths[0], "data.image_size")
     # a run trained on crops (data.load_size) is given the centre crop, or (tta=dihedral_crops)
     # the whole image to take its own crops of
     load_size = cfg.data.get("load_size") or trained_in.load_size()
