@@ -72,6 +72,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("data.oversample=true", "data.sampler.boost=2", "loss=bce_balanced"),
     ),
     "hpa_plus_focal": (HPA, ("loss=focal",)),
+    "hpa_plus_balanced": (HPA, ("loss=bce_balanced",)),
     "hpa_flips_constant": (HPA, FLIPS_CONSTANT),
     "hpa_flips_constant_no_norm": (HPA, (*FLIPS_CONSTANT, *_NO_NORMALIZE)),
     "hpa_flips_constant_recipe": (HPA, (*FLIPS_CONSTANT, "data.oversample=true", "loss=focal")),
