@@ -61,6 +61,23 @@ def test_oversampling_ranks_draw_disjoint_shares_of_one_epoch_draw():
     assert list(ranks[0]) != epoch_0  # set_epoch is honoured
 
 
+def test_repeat_draws_are_shared_by_the_ranks_without_overlap():
+    weights = np.array([1.0, 2.0, 1.0, 3.5, 1.0])  # an epoch of 1 + 2 + 1 + 3 + 1 + 1 = 9 draws
+    ranks = [
+        DistributedOversamplingSampler(weights, 2, rank, seed=4, draws="repeat") for rank in (0, 1)
+    ]
+    whole = OversamplingSampler(weights, seed=4, num_replicas=1, draws="repeat")
+    assert len(whole) == 9 and [len(sampler) for sampler in ranks] == [5, 5]
+    for epoch in (0, 2):
+        for sampler in (*ranks, whole):
+            sampler.set_epoch(epoch)
+        shares = [list(sampler) for sampler in ranks]
+        drawn = list(whole)
+        padded = drawn + drawn[:1]  # rounded up to 10 with the epoch's first draw
+        assert shares[0] == padded[0::2] and shares[1] == padded[1::2]
+        assert set(shares[0] + shares[1]) == set(range(5))  # every image in the epoch
+
+
 def check_ddp_test_equals_single_process_test(tmp_path: Path, *overrides: str) -> None:
     """Train with DDP, then test the best checkpoint in one process with `hpa.eval`: the same
     test metrics and the same test predictions, every test image once."""

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from hpa.data.datamodule import HPADataModule
 from hpa.data.sampler import (
     OversamplingSampler,
     class_weights,
@@ -155,3 +156,50 @@ def test_frequency_table_reports_before_and_after(
     lines = table.splitlines()
     assert len(lines) == NUM_CLASSES + 1
     assert "Rods & rings" in lines[28] and "0.04%" in lines[28]
+
+
+def test_repeat_draws_keep_every_image_and_repeat_each_about_its_weight() -> None:
+    weights = np.array([2.0, 5.0, 3.0, 0.0, 2.0, 7.0])  # repeat factors 1, 2.5, 1.5, 0, 1, 3.5
+    sampler = OversamplingSampler(weights, seed=1, draws="repeat")
+    assert len(sampler) == 1 + 2 + 1 + 0 + 1 + 3 + round(0.5 + 0.5 + 0.5)  # 10 every epoch
+    counts = []
+    for epoch in range(400):
+        sampler.set_epoch(epoch)
+        drawn = list(sampler)
+        assert len(drawn) == len(sampler)
+        count = np.bincount(drawn, minlength=len(weights))
+        np.testing.assert_array_less([0, 1, 0, -1, 0, 2], count)  # at least floor(r), index 3 never
+        np.testing.assert_array_less(count, [2, 4, 3, 1, 2, 5])  # at most ceil(r)
+        counts.append(count)
+    mean_counts = np.mean(counts, axis=0)
+    # the extra draws go to the fractional indices (1, 2, 5), two of the three each epoch
+    np.testing.assert_allclose(mean_counts[[0, 3, 4]], [1, 0, 1])
+    np.testing.assert_allclose(mean_counts[[1, 2, 5]], [2.67, 1.67, 3.67], atol=0.08)
+    sampler.set_epoch(3)
+    assert list(sampler) == list(sampler)  # an epoch repeats
+    assert list(sampler) != (sampler.set_epoch(4) or list(sampler))  # the next one differs
+
+
+def test_repeat_draws_hold_the_minority_share_without_losing_images(
+    labels: np.ndarray, default_weights: np.ndarray
+) -> None:
+    repeat = OversamplingSampler(default_weights, seed=0, draws="repeat")
+    drawn = np.fromiter(iter(repeat), dtype=np.int64)
+    assert len(np.unique(drawn)) == len(labels)  # with replacement about 63% of them
+    with_replacement = np.fromiter(iter(OversamplingSampler(default_weights, seed=0)), np.int64)
+    assert len(np.unique(with_replacement)) < 0.7 * len(labels)
+    minority_share = labels[drawn][:, MINORITY].any(axis=1).mean()
+    expected = expected_class_frequency(labels, default_weights)[MINORITY].sum()
+    assert minority_share == pytest.approx(expected, rel=0.15)  # summed over co-labelled classes
+
+
+def test_sampler_refuses_unknown_draws_and_a_length_for_repeat_draws() -> None:
+    with pytest.raises(HPAInputError, match="draws 'bootstrap'"):
+        OversamplingSampler([1.0, 2.0], draws="bootstrap")
+    with pytest.raises(ValueError, match="num_samples"):
+        OversamplingSampler([1.0, 2.0], num_samples=5, draws="repeat")
+
+
+def test_datamodule_refuses_unknown_draws_before_reading_data() -> None:
+    with pytest.raises(HPAInputError, match=r"data.sampler.draws .* 'bootstrap'"):
+        HPADataModule("/nowhere", oversample=True, sampler={"draws": "bootstrap"})

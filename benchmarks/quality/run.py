@@ -67,6 +67,14 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hpa_recipe_boost2": (HPA, ("data.oversample=true", "data.sampler.boost=2")),
     "hpa_recipe_invfreq": (HPA, ("data.oversample=true", *_INVERSE_FREQUENCY)),
     "hpa_recipe_invfreq_focal": (HPA, ("data.oversample=true", *_INVERSE_FREQUENCY, "loss=focal")),
+    "hpa_recipe_balanced_repeat": (
+        HPA,
+        ("data.oversample=true", "data.sampler.draws=repeat", "loss=bce_balanced"),
+    ),
+    "hpa_recipe_balanced_replacement": (
+        HPA,
+        ("data.oversample=true", "data.sampler.draws=replacement", "loss=bce_balanced"),
+    ),
     "hpa_recipe_boost2_balanced": (
         HPA,
         ("data.oversample=true", "data.sampler.boost=2", "loss=bce_balanced"),

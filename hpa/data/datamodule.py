@@ -36,6 +36,7 @@ from hpa.data.external import (
 )
 from hpa.data.reader import read_labels_csv
 from hpa.data.sampler import (
+    DRAWS,
     DistributedOversamplingSampler,
     OversamplingSampler,
     class_weights,
@@ -123,6 +124,11 @@ class HPADataModule(pl.LightningDataModule):
         self.split_seed = 0 if split_seed is None else split_seed  # the split is always repeatable
         self.oversample = oversample
         self.sampler_config = dict(sampler or {})
+        self.sampler_draws = self.sampler_config.pop("draws", "replacement")
+        if self.sampler_draws not in DRAWS:
+            raise HPAInputError(
+                f"data.sampler.draws must be one of {DRAWS}, got {self.sampler_draws!r}"
+            )
         self.normalize_config = dict(normalize or {})
         self.augment_config = augment
         self.synthetic_config = dict(synthetic) if synthetic else None
@@ -409,8 +415,13 @@ class HPADataModule(pl.LightningDataModule):
 
     def _log_oversampling(self) -> None:
         weights = self._train_image_weights()
+        epoch = OversamplingSampler(weights, draws=self.sampler_draws)
         log.info(
-            "oversampling: expected share of train images per epoch holding each class\n%s",
+            "oversampling (%s draws, %d images an epoch from %d): expected share of train "
+            "images per epoch holding each class\n%s",
+            self.sampler_draws,
+            len(epoch),
+            len(weights),
             frequency_table(self.datasets["train"].labels, weights),
         )
 
@@ -439,11 +450,17 @@ class HPADataModule(pl.LightningDataModule):
             if not self.oversample:
                 return self._loader("train", shuffle=True)  # Lightning's DistributedSampler
             sampler = DistributedOversamplingSampler(
-                self._train_image_weights(), world_size, rank, seed=self.split_seed
+                self._train_image_weights(),
+                world_size,
+                rank,
+                seed=self.split_seed,
+                draws=self.sampler_draws,
             )
             return self._loader("train", sampler=sampler)
         if self.oversample:
-            order = OversamplingSampler(self._train_image_weights(), seed=self.split_seed)
+            order = OversamplingSampler(
+                self._train_image_weights(), seed=self.split_seed, draws=self.sampler_draws
+            )
         else:
             order = EpochShuffleSampler(len(self.datasets["train"]), seed=self.split_seed)
         # each epoch's order and augmentation depend only on (seed, epoch): resumed runs repeat

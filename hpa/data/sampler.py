@@ -1,9 +1,13 @@
 """Multilabel-aware oversampling of minority classes.
 
 Each class gets a weight; an image's weight is the largest weight among its classes (its
-rarest labels decide), and images are drawn with replacement with probability proportional to
-their weights. Drawing an image draws all its labels, so the resulting class frequencies are
-not simply proportional to the class weights: ``expected_class_frequency`` computes them.
+rarest labels decide), and an epoch holds each image in proportion to its weight, in one of two
+ways (``DRAWS``): "repeat" puts every image in the epoch at least once and an image of weight w
+about w times (repeat-factor sampling, weights taken relative to the smallest), so the epoch
+grows with the weights; "replacement" draws as many images as the split holds, with
+replacement, so that about a third of the images are missing from any one epoch. Drawing an
+image draws all its labels, so the resulting class frequencies are not simply proportional to
+the class weights: ``expected_class_frequency`` computes them.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from hpa.labels import CLASS_NAMES, NUM_CLASSES, SEED_MINORITY_CLASSES
 logger = logging.getLogger(__name__)
 
 STRATEGIES: tuple[str, ...] = ("minority", "inverse_frequency")
+DRAWS: tuple[str, ...] = ("repeat", "replacement")
 
 _UNLABELLED_IMAGE_WEIGHT = 1.0
 """Weight of an image with no label (max over an empty set of classes): the neutral weight."""
@@ -84,7 +89,13 @@ def expected_class_frequency(labels: np.ndarray, weights: np.ndarray) -> np.ndar
 
 
 class OversamplingSampler(Sampler[int]):
-    """Draws ``num_samples`` indices with replacement, with probability proportional to weights.
+    """An epoch of indices in proportion to ``weights`` (zero: never drawn).
+
+    ``draws="replacement"``: ``num_samples`` draws (default: one per weight) with replacement,
+    with probability proportional to the weights. ``draws="repeat"``: index i appears
+    floor(r_i) times plus once more with probability about frac(r_i), r_i = weight_i / the
+    smallest positive weight, in a shuffled order; every epoch has the same length,
+    sum(floor(r)) + sum(frac(r)) rounded half up, and every index of positive weight appears in it.
 
     The draws of epoch ``e`` come from a torch.Generator seeded from (``seed``, ``e``): each
     epoch differs and any epoch can be repeated. Call ``set_epoch`` before each epoch (Lightning
@@ -103,9 +114,22 @@ class OversamplingSampler(Sampler[int]):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        draws: str = "replacement",
     ) -> None:
         self.weights = torch.from_numpy(_checked_weights(weights))
-        total = len(self.weights) if num_samples is None else int(num_samples)
+        if draws not in DRAWS:
+            raise HPAInputError(f"unknown oversampling draws {draws!r}; expected one of {DRAWS}")
+        self.draws = draws
+        if draws == "repeat":
+            if num_samples is not None:
+                raise ValueError("num_samples is set by the weights when draws='repeat'")
+            factors = self.weights / self.weights[self.weights > 0].min()
+            self.whole_repeats = factors.floor().long()
+            self.fractions = factors - factors.floor()
+            self.extra_draws = math.floor(float(self.fractions.sum()) + 0.5)
+            total = int(self.whole_repeats.sum()) + self.extra_draws
+        else:
+            total = len(self.weights) if num_samples is None else int(num_samples)
         if total <= 0:
             raise ValueError(f"num_samples must be positive, got {num_samples!r}")
         if not 0 <= rank < num_replicas:
@@ -121,10 +145,24 @@ class OversamplingSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = epoch_generator(self.seed, self.epoch)
-        drawn = torch.multinomial(
-            self.weights, self.total_size, replacement=True, generator=generator
-        )
+        if self.draws == "replacement":
+            drawn = torch.multinomial(
+                self.weights, self.total_size, replacement=True, generator=generator
+            )
+        else:
+            drawn = self._repeated(generator)
         return iter(drawn[self.rank :: self.num_replicas].tolist())
+
+    def _repeated(self, generator: torch.Generator) -> torch.Tensor:
+        """One "repeat" epoch, padded with its own first indices to ``total_size`` (DDP)."""
+        indices = torch.arange(len(self.weights)).repeat_interleave(self.whole_repeats)
+        if self.extra_draws:
+            extra = torch.multinomial(
+                self.fractions, self.extra_draws, replacement=False, generator=generator
+            )
+            indices = torch.cat([indices, extra])
+        indices = indices[torch.randperm(len(indices), generator=generator)]
+        return torch.cat([indices, indices[: self.total_size - len(indices)]])
 
     def __len__(self) -> int:
         return self.num_samples
@@ -145,8 +183,9 @@ class DistributedOversamplingSampler(OversamplingSampler, DistributedSampler):
         rank: int,
         num_samples: int | None = None,
         seed: int = 0,
+        draws: str = "replacement",
     ) -> None:
-        OversamplingSampler.__init__(self, weights, num_samples, seed, num_replicas, rank)
+        OversamplingSampler.__init__(self, weights, num_samples, seed, num_replicas, rank, draws)
 
 
 class ClassFrequency(NamedTuple):
