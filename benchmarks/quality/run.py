@@ -67,6 +67,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hpa_recipe_boost2": (HPA, ("data.oversample=true", "data.sampler.boost=2")),
     "hpa_recipe_invfreq": (HPA, ("data.oversample=true", *_INVERSE_FREQUENCY)),
     "hpa_recipe_invfreq_focal": (HPA, ("data.oversample=true", *_INVERSE_FREQUENCY, "loss=focal")),
+    "hpa_recipe_repeat": (HPA, ("data.oversample=true", "data.sampler.draws=repeat")),
     "hpa_recipe_balanced_repeat": (
         HPA,
         ("data.oversample=true", "data.sampler.draws=repeat", "loss=bce_balanced"),
