@@ -82,6 +82,9 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "hpa_plus_focal": (HPA, ("loss=focal",)),
     "hpa_plus_balanced": (HPA, ("loss=bce_balanced",)),
+    # a former default back on today's: does it pay at either budget?
+    "hpa_plus_basic": (HPA, ("augment=basic",)),
+    "hpa_plus_cosine": (HPA, ("scheduler=cosine",)),
     "hpa_flips_constant": (HPA, FLIPS_CONSTANT),
     "hpa_flips_constant_no_norm": (HPA, (*FLIPS_CONSTANT, *_NO_NORMALIZE)),
     "hpa_flips_constant_recipe": (HPA, (*FLIPS_CONSTANT, "data.oversample=true", "loss=focal")),
