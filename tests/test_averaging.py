@@ -20,7 +20,7 @@ from torch.optim.swa_utils import update_bn
 
 from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_LOSS, VAL_F1_MACRO, VAL_LOSS
 from hpa.evaluation.thresholds import load_thresholds
-from hpa.models.averaging import EMAWeights, SWAWeights
+from hpa.models.averaging import EMAWeights, SWAWeights, ema_decay
 from hpa.models.module import HPAModule
 from hpa.run.builders import build_callbacks
 from hpa.run.checkpoints import load_module
@@ -77,12 +77,13 @@ def saved(tmp_path: Path, epoch: int) -> dict:
     return {"path": path, **torch.load(path, map_location="cpu", weights_only=True)}
 
 
-def ema_of(steps: list[dict], decay: float) -> dict[str, torch.Tensor]:
+def ema_of(steps: list[dict], decay: float, warmup: bool = True) -> dict[str, torch.Tensor]:
+    """The EMA of ``steps`` by hand; with ``warmup`` the update after n averaged steps uses a
+    decay of min(decay, (1 + n) / (10 + n))."""
     average = dict(float_entries(steps[0]))
-    for step in steps[1:]:
-        average = {
-            name: decay * value + (1 - decay) * step[name] for name, value in average.items()
-        }
+    for num_averaged, step in enumerate(steps[1:], start=1):
+        d = min(decay, (1 + num_averaged) / (10 + num_averaged)) if warmup else decay
+        average = {name: d * value + (1 - d) * step[name] for name, value in average.items()}
     return average
 
 
@@ -177,6 +178,26 @@ def test_swa_with_persistent_loader_workers(tmp_path: Path) -> None:
     loader = tiny_loader(4, num_workers=1, persistent_workers=True)
     trainer.fit(module, train_dataloaders=loader)
     assert trainer.global_step == 4
+
+
+def test_ema_without_warmup_is_the_plain_average(tmp_path: Path) -> None:
+    _, module, raw = fit_with(EMAWeights(decay=0.5, warmup=False), tmp_path, max_epochs=1)
+    assert_states_close(module.state_dict(), ema_of(raw.steps, decay=0.5, warmup=False))
+    # the warm-up's decay differs from 0.5 at every one of these steps
+    assert not torch.allclose(
+        ema_of(raw.steps, decay=0.5)["backbone.features.0.0.weight"],
+        ema_of(raw.steps, decay=0.5, warmup=False)["backbone.features.0.0.weight"],
+    )
+
+
+def test_ema_warmup_lets_the_init_fade_in_a_short_run() -> None:
+    assert ema_decay(0.98, 1, warmup=True) == pytest.approx(2 / 11)
+    assert ema_decay(0.98, 90, warmup=True) == pytest.approx(0.91)
+    assert ema_decay(0.98, 10_000, warmup=True) == 0.98
+    assert ema_decay(0.98, 1, warmup=False) == 0.98
+    # the weight left on the first (random-init) step after 130 updates, decay 0.98
+    with_warmup = np.prod([ema_decay(0.98, n, warmup=True) for n in range(1, 131)])
+    assert with_warmup < 1e-3 < 0.98**130
 
 
 def test_resume_continues_from_the_raw_weights_and_the_average(tmp_path: Path) -> None:

@@ -81,23 +81,51 @@ class _EvaluateAverage(WeightAveraging):
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
+def ema_decay(decay: float, num_averaged: int, warmup: bool) -> float:
+    """The decay of the update after ``num_averaged`` averaged steps. With ``warmup`` it is at
+    most (1 + n) / (10 + n) (TensorFlow's and timm's warm-up), so that the first steps, taken from
+    the random init, do not weigh on the average for most of a short run."""
+    return min(decay, (1.0 + num_averaged) / (10.0 + num_averaged)) if warmup else decay
+
+
+def _ema_with_warmup(decay: float):
+    """An ``AveragedModel`` multi_avg_fn: ``average = d * average + (1 - d) * weights`` with
+    ``d = ema_decay(decay, num_averaged, warmup=True)``."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
+        step_decay = ema_decay(decay, int(num_averaged), warmup=True)
+        if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - step_decay)
+        else:  # integer buffers (batch norm's num_batches_tracked)
+            for average, value in zip(averaged, current, strict=True):
+                average.copy_(average * step_decay + value * (1.0 - step_decay))
+
+    return update
+
+
 class EMAWeights(_EvaluateAverage):
     """Exponential moving average of the weights and of the buffers (so the batch-norm running
     statistics are averaged too), updated after every optimizer step from ``start_step`` on:
-    ``average = decay * average + (1 - decay) * weights``.
+    ``average = decay * average + (1 - decay) * weights``, the decay held lower in the first
+    steps when ``warmup`` (``ema_decay``).
 
     With the default decay 0.999 the average spans about the last 1,000 steps (one epoch of the
     Kaggle train set at batch size 32).
     """
 
-    def __init__(self, decay: float = 0.999, start_step: int = 0, device: Any = None) -> None:
+    def __init__(
+        self, decay: float = 0.999, start_step: int = 0, warmup: bool = True, device: Any = None
+    ) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
         if start_step < 0:
             raise ValueError(f"EMA start_step must be >= 0, got {start_step}")
-        super().__init__(device=device, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        average = _ema_with_warmup(decay) if warmup else get_ema_multi_avg_fn(decay)
+        super().__init__(device=device, use_buffers=True, multi_avg_fn=average)
         self.decay = decay
         self.start_step = start_step
+        self.warmup = warmup
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx >= self.start_step
