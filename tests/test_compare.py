@@ -19,7 +19,9 @@ from hpa.evaluation.comparison import (
     MINORITY_RECALL,
     compare_runs,
     find_runs,
+    group_seeds,
     load_run,
+    render,
     run_label,
     to_markdown,
 )
@@ -211,3 +213,40 @@ def test_cli_subprocess(sweep: Path, tmp_path: Path):
     assert bad.stdout == ""
     error_lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert len(error_lines) == 1 and str(missing) in error_lines[0]
+
+
+def test_runs_that_differ_only_in_their_seed_become_one_row_with_mean_and_sd(
+    sweep: Path, tmp_path: Path
+):
+    """Job 0 as seed 0 and a copy of it as seed 1 (its seed and one metric edited), plus a real
+    hpa.eval of the first: the evaluation groups by the seed and model of the run it evaluated."""
+    job = sorted(path for path in sweep.iterdir() if (path / "metrics.json").is_file())[0]
+    seed0, seed1 = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    shutil.copytree(job, seed0)
+    shutil.copytree(job, seed1)
+    config = seed1 / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("\nseed: 0\n", "\nseed: 1\n"))
+    (seed1 / ".hydra" / "overrides.yaml").write_text(
+        (seed1 / ".hydra" / "overrides.yaml").read_text() + "- seed=1\n"
+    )
+    scores = job_metrics(seed1)
+    scores[TEST_F1_MACRO] += 0.1
+    (seed1 / "metrics.json").write_text(json.dumps(scores))
+
+    grouped = group_seeds([tmp_path / "runs"], sort_by=TEST_F1_MACRO)
+    assert len(grouped) == 1 and grouped.loc[0, "seeds"] == "0,1"
+    macro = job_metrics(seed0)[TEST_F1_MACRO]
+    assert grouped.loc[0, TEST_F1_MACRO] == pytest.approx(macro + 0.05)
+    assert grouped.loc[0, f"{TEST_F1_MACRO} sd"] == pytest.approx(0.1 / math.sqrt(2))
+    assert f"{macro + 0.05:.4f} ± 0.0707" in render(grouped, "markdown")
+
+    evaluation = tmp_path / "evals" / "a"
+    result = run_module(
+        "hpa.eval",
+        f"ckpt_path={seed0 / 'checkpoints' / 'best.ckpt'}",
+        f"hydra.run.dir={evaluation}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = load_run(evaluation)
+    assert (row["seed"], row["model"]) == (0, load_run(seed0)["model"])
+    assert group_seeds([tmp_path / "evals"]).loc[0, "seeds"] == "0"

@@ -127,6 +127,11 @@ def load_run(path: str | Path) -> dict:
     overrides = run_dir.overrides()
     choices = run_dir.config_choices()
     run_metrics = run_dir.metrics()
+    # an evaluation of one checkpoint (hpa.eval, hpa.average) takes its model and seed from the
+    # run that trained it, so that evaluations of seeds 0, 1, 2 group like their trainings
+    trained = _trained_run(config)
+    if trained is not None:
+        config = {**trained.config(), **config}
     model = config.get("model") or {}
     row = {
         "run": run_label(config, overrides, choices),
@@ -139,6 +144,24 @@ def load_run(path: str | Path) -> dict:
     row[_SEED_KEY] = config.get(_SEED_KEY)
     row["group"] = run_label(config, overrides, choices, with_seed=False)
     return row
+
+
+def _trained_run(config: Mapping) -> RunDir | None:
+    """The run directory of the one checkpoint that a run without a seed of its own evaluated."""
+    checkpoint = config.get("ckpt_path")
+    if config.get(_SEED_KEY) is not None or not isinstance(checkpoint, str):
+        return None
+    if not checkpoint.endswith(".ckpt"):
+        return None
+    trained = RunDir.of_checkpoint(checkpoint)
+    return trained if trained.is_run() else None
+
+
+def _seed_text(seed) -> str:
+    """0 rather than 0.0 (a column of seeds with a missing one is float); "-" for no seed."""
+    if seed is None or (isinstance(seed, float) and math.isnan(seed)):
+        return "-"
+    return str(int(seed)) if float(seed).is_integer() else str(seed)
 
 
 def compare_runs(
@@ -180,7 +203,7 @@ def group_seeds(
         row = {
             "run": label,
             "model": model,
-            SEEDS_COLUMN: ",".join(str(seed) for seed in sorted(members[_SEED_KEY], key=str)),
+            SEEDS_COLUMN: ",".join(sorted(_seed_text(seed) for seed in members[_SEED_KEY])),
         }
         for name in METRIC_COLUMNS:
             row[name] = members[name].mean()
