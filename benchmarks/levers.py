@@ -4,7 +4,7 @@ lever on top of today's defaults (the quality benchmark found no recipe that bea
 docs/results.md), and the table of ``hpa.compare --group-seeds`` (mean ± sd of test macro F1,
 sample F1 and minority recall over the seeds). docs/levers.md lists the levers.
 
-    python -m benchmarks.levers                          # every lever, seeds 0,1,2 (hours)
+    python -m benchmarks.levers                          # every lever, seeds 0,1,2 (35 min, 2 idle cores)
     python -m benchmarks.levers --seeds 0 --levers defaults,average --images 200 --epochs 2  # smoke
     python -m benchmarks.levers --dry-run                # the commands, not run
 

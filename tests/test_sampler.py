@@ -194,7 +194,7 @@ def test_repeat_draws_hold_the_minority_share_without_losing_images(
 
 
 def test_sampler_refuses_unknown_draws_and_a_length_for_repeat_draws() -> None:
-    with pytest.raises(HPAInputError, match="draws 'bootstrap'"):
+    with pytest.raises(HPAInputError, match="draws must be one of .* 'bootstrap'"):
         OversamplingSampler([1.0, 2.0], draws="bootstrap")
     with pytest.raises(ValueError, match="num_samples"):
         OversamplingSampler([1.0, 2.0], num_samples=5, draws="repeat")

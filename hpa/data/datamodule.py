@@ -36,9 +36,9 @@ from hpa.data.external import (
 )
 from hpa.data.reader import read_labels_csv
 from hpa.data.sampler import (
-    DRAWS,
     DistributedOversamplingSampler,
     OversamplingSampler,
+    checked_draws,
     class_weights,
     frequency_table,
     image_weights,
@@ -124,11 +124,8 @@ class HPADataModule(pl.LightningDataModule):
         self.split_seed = 0 if split_seed is None else split_seed  # the split is always repeatable
         self.oversample = oversample
         self.sampler_config = dict(sampler or {})
-        self.sampler_draws = self.sampler_config.pop("draws", "replacement")
-        if self.sampler_draws not in DRAWS:
-            raise HPAInputError(
-                f"data.sampler.draws must be one of {DRAWS}, got {self.sampler_draws!r}"
-            )
+        # checked here, before any data is read; "repeat" as in conf/data/hpa.yaml
+        self.sampler_draws = checked_draws(self.sampler_config.pop("draws", "repeat"))
         self.normalize_config = dict(normalize or {})
         self.augment_config = augment
         self.synthetic_config = dict(synthetic) if synthetic else None

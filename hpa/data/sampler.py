@@ -88,6 +88,13 @@ def expected_class_frequency(labels: np.ndarray, weights: np.ndarray) -> np.ndar
     return draw_probabilities @ labels
 
 
+def checked_draws(draws: str) -> str:
+    """``draws`` if it is one of ``DRAWS``; HPAInputError naming the setting otherwise."""
+    if draws not in DRAWS:
+        raise HPAInputError(f"data.sampler.draws must be one of {DRAWS}, got {draws!r}")
+    return draws
+
+
 class OversamplingSampler(Sampler[int]):
     """An epoch of indices in proportion to ``weights`` (zero: never drawn).
 
@@ -117,9 +124,7 @@ class OversamplingSampler(Sampler[int]):
         draws: str = "replacement",
     ) -> None:
         self.weights = torch.from_numpy(_checked_weights(weights))
-        if draws not in DRAWS:
-            raise HPAInputError(f"unknown oversampling draws {draws!r}; expected one of {DRAWS}")
-        self.draws = draws
+        self.draws = checked_draws(draws)
         if draws == "repeat":
             if num_samples is not None:
                 raise ValueError("num_samples is set by the weights when draws='repeat'")
