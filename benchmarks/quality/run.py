@@ -83,8 +83,16 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hpa_plus_focal": (HPA, ("loss=focal",)),
     "hpa_plus_balanced": (HPA, ("loss=bce_balanced",)),
     # a former default back on today's: does it pay at either budget?
+    # one of today's defaults changed at a time: the ablation table of the defaults
     "hpa_plus_basic": (HPA, ("augment=basic",)),
     "hpa_plus_cosine": (HPA, ("scheduler=cosine",)),
+    "hpa_plus_norm": (HPA, ("data.normalize.mean=null", "data.normalize.std=null")),
+    "hpa_plus_drop": (HPA, ("model.drop_rate=0.2",)),
+    "hpa_channels_first": (HPA, ("model.channels_last=false",)),
+    "hpa_stop_on_f1": (
+        HPA,
+        ("callbacks.early_stopping.monitor=val/f1_macro", "callbacks.early_stopping.mode=max"),
+    ),
     "hpa_flips_constant": (HPA, FLIPS_CONSTANT),
     "hpa_flips_constant_no_norm": (HPA, (*FLIPS_CONSTANT, *_NO_NORMALIZE)),
     "hpa_flips_constant_recipe": (HPA, (*FLIPS_CONSTANT, "data.oversample=true", "loss=focal")),
