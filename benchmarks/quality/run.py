@@ -76,6 +76,15 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         HPA,
         ("data.oversample=true", "data.sampler.draws=replacement", "loss=bce_balanced"),
     ),
+    "hpa_recipe_ema": (
+        HPA,
+        (
+            "data.oversample=true",
+            "data.sampler.draws=repeat",
+            "loss=bce_balanced",
+            "callbacks=ema",
+        ),
+    ),
     "hpa_recipe_boost2_balanced": (
         HPA,
         ("data.oversample=true", "data.sampler.boost=2", "loss=bce_balanced"),
