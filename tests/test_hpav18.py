@@ -286,7 +286,16 @@ def fetch_command(server: ScriptedServer, csv: Path, out: Path) -> list[str]:
 def interrupted_run(server: ScriptedServer, command: list[str], out: Path, sig: int) -> int:
     """Run ``command``, send it ``sig`` once 20 PNGs have landed; its exit status."""
     server.delay = 0.05  # 120 requests on 2 workers: several seconds
-    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A shell without job control starts background jobs with SIGINT ignored, exec keeps it
+    # ignored, and Python then installs no KeyboardInterrupt handler: the child would never see
+    # the Ctrl-C. A handled signal is reset to the default on exec, so handle it while forking.
+    ignored_or_not = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        run = subprocess.Popen(
+            command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    finally:
+        signal.signal(signal.SIGINT, ignored_or_not)
     deadline = time.monotonic() + 60
     while len(pngs(out)) < 20 and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
