@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from omegaconf import OmegaConf
+from test_losses import cpu_trainer, tiny_loader
+from test_train import run_train
 
 from benchmarks.common import train_config
 from benchmarks.quality import run as driver
@@ -21,11 +24,14 @@ from benchmarks.quality.labels import draw_labels, real_class_rates
 from benchmarks.quality.patterns import PATTERNS
 from benchmarks.quality.plain import PlainOptions, load_splits, train_plain
 from benchmarks.quality.record import Record, RunKey, find_records, load_record, record_path
+from benchmarks.quality.recorder import EpochPredictions
 from benchmarks.quality.report import RULES, print_report, score_run, validation_curves
 from hpa.data.datamodule import HPADataModule
 from hpa.data.split import save_split
 from hpa.errors import HPAInputError
 from hpa.labels import KAGGLE_LABELS_PER_IMAGE, NUM_CLASSES
+from hpa.models.averaging import EMAWeights
+from hpa.models.module import HPAModule
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +192,38 @@ def test_driver_records_a_plain_and_an_hpa_run_as_hpa_scores_them(tmp_path: Path
     stamps = {path: path.stat().st_mtime_ns for path in records.values()}
     assert driver.main(arguments) == 0  # cached: nothing is trained again
     assert {path: path.stat().st_mtime_ns for path in records.values()} == stamps
+
+
+def test_recorder_records_the_average_that_validation_judges_under_ema(tmp_path: Path):
+    record_file = tmp_path / "record.npz"
+    run_train(
+        tmp_path,
+        "debug=fast",
+        "model=cnn",
+        "callbacks=ema",
+        "trainer.max_epochs=2",
+        "trainer.limit_val_batches=1.0",
+        "+callbacks.quality_recorder._target_=benchmarks.quality.recorder.EpochPredictions",
+        f"+callbacks.quality_recorder.path={record_file}",
+    )
+    run_dir = tmp_path / "run"
+    record = load_record(record_file)
+    assert record.epochs == [0, 1]
+    # metrics.json's val/ figures come from best.ckpt, whose state_dict is the EMA of the weights
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    curves = validation_curves(record)
+    kept = RULES["val_f1"](curves)
+    assert curves["val_loss"][kept] == pytest.approx(metrics["val/loss"], abs=1e-4)
+    assert curves["val_f1"][kept] == pytest.approx(metrics["val/f1_macro"], abs=1e-6)
+
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    average, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert any(not torch.equal(average[name], raw[name]) for name in average)  # they differ
+
+
+def test_recorder_refuses_to_come_before_the_averaging_callback(tmp_path: Path):
+    recorder = EpochPredictions(tmp_path / "record.npz")
+    trainer = cpu_trainer(tmp_path, max_epochs=1, callbacks=[recorder, EMAWeights()])
+    with pytest.raises(RuntimeError, match="after the weight-averaging callback EMAWeights"):
+        trainer.fit(HPAModule(name="seed_cnn"), train_dataloaders=tiny_loader(1))
+    assert not (tmp_path / "record.npz").exists()

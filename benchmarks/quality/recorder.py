@@ -1,9 +1,15 @@
-"""A Lightning callback that records, after each validation epoch of ``fit`` (not the sanity
+"""A Lightning callback that records, at each validation epoch of ``fit`` (not the sanity
 check, not a later ``validate``), the model's probabilities on the val and test splits and its
 loss on val, into a ``Record`` file rewritten after every epoch. For an ``hpa.train`` run::
 
     +callbacks.quality_recorder._target_=benchmarks.quality.recorder.EpochPredictions
     +callbacks.quality_recorder.path=RECORD.npz
+
+It records the weights that validation judges. Under weight averaging (``callbacks=ema`` or
+``swa``) those are the average, which the averaging callback swaps in when the validation epoch
+starts and out when it ends. So the recorder records at the start of the validation epoch and
+must come after the averaging callback in the trainer's list (``+callbacks.quality_recorder``
+adds it last); ``on_fit_start`` refuses any other order.
 
 Single-device runs only: each process would record its own rows under DDP.
 """
@@ -16,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
@@ -30,6 +37,17 @@ class EpochPredictions(pl.Callback):
         self.started = 0.0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        position = trainer.callbacks.index(self)
+        later = [
+            type(callback).__name__
+            for callback in trainer.callbacks[position + 1 :]
+            if isinstance(callback, WeightAveraging)
+        ]
+        if later:
+            raise RuntimeError(
+                f"EpochPredictions must come after the weight-averaging callback {later[0]}, "
+                "or it records the raw weights instead of the average that validation judges"
+            )
         datasets = trainer.datamodule.datasets
         self.started = time.perf_counter()
         self.record = Record(
@@ -42,7 +60,7 @@ class EpochPredictions(pl.Callback):
             },
         )
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         datasets = trainer.datamodule.datasets

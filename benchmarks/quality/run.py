@@ -80,6 +80,16 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         HPA,
         ("data.oversample=true", "data.sampler.boost=2", "loss=bce_balanced"),
     ),
+    # the tuned recipe (experiment=tuned_recipe) with an EMA of the weights
+    "hpa_recipe_ema": (
+        HPA,
+        (
+            "data.oversample=true",
+            "data.sampler.draws=repeat",
+            "loss=bce_balanced",
+            "callbacks=ema",
+        ),
+    ),
     "hpa_plus_focal": (HPA, ("loss=focal",)),
     "hpa_plus_balanced": (HPA, ("loss=bce_balanced",)),
     # one of today's defaults changed at a time: the ablation table of the defaults (the first
@@ -89,6 +99,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hpa_plus_norm": (HPA, ("data.normalize.mean=null", "data.normalize.std=null")),
     "hpa_plus_drop": (HPA, ("model.drop_rate=0.2",)),
     "hpa_channels_first": (HPA, ("model.channels_last=false",)),
+    "hpa_plus_ema": (HPA, ("callbacks=ema",)),
     "hpa_stop_on_f1": (
         HPA,
         ("callbacks.early_stopping.monitor=val/f1_macro", "callbacks.early_stopping.mode=max"),
