@@ -100,6 +100,8 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hpa_plus_drop": (HPA, ("model.drop_rate=0.2",)),
     "hpa_channels_first": (HPA, ("model.channels_last=false",)),
     "hpa_plus_ema": (HPA, ("callbacks=ema",)),
+    # a candidate for the defaults: balanced BCE (ahead at 0.5) with the EMA (ahead at rate)
+    "hpa_plus_balanced_ema": (HPA, ("loss=bce_balanced", "callbacks=ema")),
     "hpa_stop_on_f1": (
         HPA,
         ("callbacks.early_stopping.monitor=val/f1_macro", "callbacks.early_stopping.mode=max"),
