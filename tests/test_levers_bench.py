@@ -33,6 +33,7 @@ def test_every_training_lever_composes_and_differs_from_the_defaults(tmp_path: P
     recipe = composed["tuned_recipe"]
     assert recipe["data"]["oversample"] is True and recipe["data"]["sampler"]["draws"] == "repeat"
     assert recipe["loss"]["pos_weight"] == "balanced" and recipe["model"]["thresholds"] == "rate"
+    assert recipe["callbacks"]["weight_averaging"]["_target_"].endswith(".EMAWeights")
     assert composed["lovasz"]["data"]["oversample"] is False  # on the defaults, not the recipe
     (stage2,) = commands(every["init_from"], 1, tmp_path, common)
     assert f"model.init_from={tmp_path / 'defaults' / 'seed1'}" in " ".join(stage2)
