@@ -54,7 +54,7 @@ BEFORE = (
     "callbacks.early_stopping.monitor=val/f1_macro",
     "callbacks.early_stopping.mode=max",
 )
-# the way from BEFORE to today's defaults: the two changes of the first round
+# the way from BEFORE to the 2026-11-30 defaults: the two changes of the first round
 FLIPS_CONSTANT = (*BEFORE, "augment=flips", "scheduler=none")
 _RECIPE = ("data.oversample=true", "data.sampler.draws=repeat")  # today's sampler for a recipe
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
