@@ -57,6 +57,7 @@ BEFORE = (
 # the way from BEFORE to the 2026-11-30 defaults: the two changes of the first round
 FLIPS_CONSTANT = (*BEFORE, "augment=flips", "scheduler=none")
 _RECIPE = ("data.oversample=true", "data.sampler.draws=repeat")  # today's sampler for a recipe
+_RARE_IN_TRAIN = ("data.sampler.strategy=inverse_frequency", "data.sampler.power=0.25")
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # name: (program, its arguments): plain.py flags or hpa.train overrides
     "plain": (PLAIN, ()),
@@ -69,6 +70,12 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # the tuned recipe: oversampling on today's defaults (its threshold policy, rate matching, is
     # applied in the report)
     "hpa_recipe_ema": (HPA, ("experiment=tuned_recipe",)),
+    # candidates for a recipe on today's defaults: plain BCE under the oversampling, and
+    # oversampling of the classes rare in the train split (inverse frequency) rather than the seed
+    # report's seven, which a 900-image set barely holds
+    "hpa_recipe_bce_ema": (HPA, ("experiment=tuned_recipe", "loss=bce")),
+    "hpa_recipe_invfreq_ema": (HPA, ("experiment=tuned_recipe", *_RARE_IN_TRAIN)),
+    "hpa_recipe_invfreq_bce_ema": (HPA, ("experiment=tuned_recipe", *_RARE_IN_TRAIN, "loss=bce")),
     "hpa_nov30": (HPA, NOV30),
     # the 2026-11-30 defaults with the EMA, and with balanced BCE: each half of today's change
     "hpa_plus_ema": (HPA, (*NOV30, "callbacks=ema")),
