@@ -3,8 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from benchmarks.common import train_config
 from hpa.data.datamodule import HPADataModule
 from hpa.data.sampler import (
     OversamplingSampler,
@@ -191,6 +193,21 @@ def test_repeat_draws_hold_the_minority_share_without_losing_images(
     minority_share = labels[drawn][:, MINORITY].any(axis=1).mean()
     expected = expected_class_frequency(labels, default_weights)[MINORITY].sum()
     assert minority_share == pytest.approx(expected, rel=0.15)  # summed over co-labelled classes
+
+
+def test_tuned_recipe_lifts_every_class_rarer_than_a_thousand_images(labels: np.ndarray) -> None:
+    """The tuned recipe's sampler (inverse frequency, power 0.25), as docs/data.md states it."""
+    sampler = OmegaConf.to_container(train_config("experiment=tuned_recipe").data.sampler)
+    draws = sampler.pop("draws")
+    weights = image_weights(labels, class_weights(labels.sum(axis=0), **sampler))
+    factor = expected_class_frequency(labels, weights) / labels.mean(axis=0)
+    counts = labels.sum(axis=0)
+    assert sampler["strategy"] == "inverse_frequency" and draws == "repeat"
+    assert (factor[counts < 1000] > 1.25).all(), factor[counts < 1000]
+    assert 1.75 < factor[MINORITY].min() and factor[MINORITY].max() < 3.8  # boost 8: ~7.2
+    assert 0.9 < factor[np.argmax(counts)] < 1.0  # Nucleoplasm gives a little
+    epoch = OversamplingSampler(weights, seed=0, draws="repeat")
+    assert len(epoch) / len(labels) == pytest.approx(1.57, abs=0.01)
 
 
 def test_sampler_refuses_unknown_draws_and_a_length_for_repeat_draws() -> None:
