@@ -77,6 +77,11 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hpa_recipe_ema": (HPA, ("experiment=tuned_recipe", *_SEED_MINORITY)),
     "hpa_recipe_bce_ema": (HPA, ("experiment=tuned_recipe", *_SEED_MINORITY, "loss=bce")),
     "hpa_recipe_invfreq_bce_ema": (HPA, ("experiment=tuned_recipe", *_RARE_IN_TRAIN, "loss=bce")),
+    # the same weights drawn with replacement: an epoch as long as the defaults' (equal steps)
+    "hpa_recipe_invfreq_replacement_ema": (
+        HPA,
+        ("experiment=tuned_recipe", *_RARE_IN_TRAIN, "data.sampler.draws=replacement"),
+    ),
     "hpa_nov30": (HPA, NOV30),
     # the 2026-11-30 defaults with the EMA, and with balanced BCE: each half of today's change
     "hpa_plus_ema": (HPA, (*NOV30, "callbacks=ema")),
