@@ -1,8 +1,8 @@
 """The levers of the 2018 leaderboard added one at a time, on the synthetic default, over seeds:
 the seed's baseline, today's defaults, the tuned recipe (``experiment=tuned_recipe``), then each
-lever on top of today's defaults (in the quality benchmark the tuned recipe beat them on one of
-its two sets only, docs/results.md), and the table of ``hpa.compare --group-seeds`` (mean ± sd
-of test macro F1, sample F1 and minority recall over the seeds). docs/levers.md lists them.
+lever on top of today's defaults (so that each row changes one thing), and the table of
+``hpa.compare --group-seeds`` (mean ± sd of test macro F1, sample F1 and minority recall over
+the seeds). docs/levers.md lists them.
 
     python -m benchmarks.levers                          # every lever, seeds 0,1,2 (35 min, 2 idle cores)
     python -m benchmarks.levers --seeds 0 --levers defaults,average --images 200 --epochs 2  # smoke
