@@ -76,7 +76,6 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # barely holds
     "hpa_recipe_bce_ema": (HPA, ("experiment=tuned_recipe", *_SEED_MINORITY, "loss=bce")),
     "hpa_recipe_invfreq_ema": (HPA, ("experiment=tuned_recipe", *_RARE_IN_TRAIN)),
-    "hpa_recipe_invfreq_bce_ema": (HPA, ("experiment=tuned_recipe", *_RARE_IN_TRAIN, "loss=bce")),
     # the same weights drawn with replacement: an epoch as long as the defaults' (equal steps)
     "hpa_recipe_invfreq_replacement_ema": (
         HPA,
