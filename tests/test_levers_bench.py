@@ -32,7 +32,8 @@ def test_every_training_lever_composes_and_differs_from_the_defaults(tmp_path: P
         assert cfg != defaults, name
     recipe = composed["tuned_recipe"]
     assert recipe["data"]["oversample"] is True and recipe["data"]["sampler"]["draws"] == "repeat"
-    assert recipe["data"]["sampler"]["strategy"] == "minority"
+    assert recipe["data"]["sampler"]["strategy"] == "inverse_frequency"
+    assert recipe["data"]["sampler"]["power"] == 0.25
     assert recipe["loss"]["pos_weight"] == "balanced" and recipe["model"]["thresholds"] == "rate"
     assert recipe["callbacks"]["weight_averaging"]["_target_"].endswith(".EMAWeights")
     assert composed["lovasz"]["data"]["oversample"] is False  # on the defaults, not the recipe

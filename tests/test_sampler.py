@@ -196,22 +196,21 @@ def test_repeat_draws_hold_the_minority_share_without_losing_images(
     assert minority_share == pytest.approx(expected, rel=0.15)  # summed over co-labelled classes
 
 
-def test_mild_inverse_frequency_lifts_every_class_rarer_than_a_thousand_images(
-    labels: np.ndarray,
-) -> None:
-    """Inverse-frequency oversampling with power 0.25, as docs/data.md states it."""
+def test_tuned_recipe_lifts_every_class_rarer_than_a_thousand_images(labels: np.ndarray) -> None:
+    """The tuned recipe's sampler (inverse frequency, power 0.25), as docs/data.md states it."""
+    recipe = OmegaConf.load(Path(__file__).parents[1] / "conf/experiment/tuned_recipe.yaml")
+    sampler = recipe.data.sampler
+    assert recipe.data.oversample and sampler.strategy == "inverse_frequency"
     counts = labels.sum(axis=0)
-    weights = image_weights(labels, class_weights(counts, "inverse_frequency", power=0.25))
+    weights = image_weights(labels, class_weights(counts, sampler.strategy, power=sampler.power))
     factor = expected_class_frequency(labels, weights) / labels.mean(axis=0)
     assert (factor[counts < 1000] > 1.25).all(), factor[counts < 1000]
     assert 1.75 < factor[MINORITY].min() and factor[MINORITY].max() < 3.8  # boost 8: ~7.2
     assert 0.9 < factor[np.argmax(counts)] < 1.0  # Nucleoplasm gives a little
-    epoch = OversamplingSampler(weights, seed=0, draws="repeat")
+    epoch = OversamplingSampler(weights, seed=0, draws=sampler.draws)
     assert len(epoch) / len(labels) == pytest.approx(1.57, abs=0.01)
     minority_share = weights[labels[:, MINORITY].any(axis=1)].sum() / weights.sum()
     assert minority_share == pytest.approx(0.034, abs=0.001)  # of the draws
-    data_config = OmegaConf.load(Path(__file__).parents[1] / "conf/data/hpa.yaml")
-    assert data_config.sampler.draws == "repeat"  # the draws the docs' 1.57 is for
 
 
 def test_sampler_refuses_unknown_draws_and_a_length_for_repeat_draws() -> None:
