@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from cli import CONF_DIR
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
@@ -198,7 +197,7 @@ def test_repeat_draws_hold_the_minority_share_without_losing_images(
 
 def test_tuned_recipe_lifts_every_class_rarer_than_a_thousand_images(labels: np.ndarray) -> None:
     """The tuned recipe's sampler (inverse frequency, power 0.25), as docs/data.md states it."""
-    recipe = OmegaConf.load(Path(__file__).parents[1] / "conf/experiment/tuned_recipe.yaml")
+    recipe = OmegaConf.load(CONF_DIR / "experiment" / "tuned_recipe.yaml")
     sampler = recipe.data.sampler
     assert recipe.data.oversample and sampler.strategy == "inverse_frequency"
     counts = labels.sum(axis=0)
