@@ -10,5 +10,6 @@ CONF_PACKAGES = ["hpa.conf"] + [f"hpa.conf.{name}" for name in find_namespace_pa
 setup(
     packages=find_packages(include=["hpa", "hpa.*"]) + CONF_PACKAGES,
     package_dir={"hpa.conf": "conf"},
-    package_data={package: ["*.yaml"] for package in CONF_PACKAGES},
+    # hpa/data/*.csv: data files read at run time (hpa2021_locations.csv)
+    package_data={**{package: ["*.yaml"] for package in CONF_PACKAGES}, "hpa.data": ["*.csv"]},
 )

@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from benchmarks.common import print_table, real_sample_root, time_it
+from hpa.core.labels import HPA2018
 from hpa.data.cache import CacheFiles, build_cache, default_build_workers
 from hpa.data.reader import read_labels_csv
 
@@ -25,7 +26,7 @@ def main() -> None:
     seconds = {}
     with tempfile.TemporaryDirectory(prefix="hpa-bench-cache-") as folder:
         root = real_sample_root(Path(folder), args.samples)
-        ids, _ = read_labels_csv(root / "train.csv")
+        ids, _ = read_labels_csv(root / "train.csv", HPA2018)
         for workers in (1, cores):
             files = CacheFiles.at(Path(folder) / "cache", f"w{workers}")
             build = partial(build_cache, files, root / "train", ids, args.size, workers)

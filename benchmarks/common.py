@@ -13,8 +13,8 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from hpa.core.labels import CHANNELS
 from hpa.data.synthetic import ensure_dataset
-from hpa.labels import CHANNELS
 
 REPO = Path(__file__).resolve().parents[1]
 

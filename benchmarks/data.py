@@ -21,11 +21,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.common import augment_config, consume, print_table, real_sample_root, time_it
+from hpa.core.labels import CHANNELS, HPA2018
 from hpa.data.cache import ensure_cache
 from hpa.data.dataset import RGBYDataset, collate_samples
 from hpa.data.reader import read_labels_csv
 from hpa.data.transforms import build_augmentation, interleave_channels
-from hpa.labels import CHANNELS
 
 
 class NaivePILDataset(Dataset):
@@ -59,7 +59,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="hpa-bench-data-") as folder:
         root = real_sample_root(Path(folder), args.samples)
-        ids, _ = read_labels_csv(root / "train.csv")
+        ids, _ = read_labels_csv(root / "train.csv", HPA2018)
         augmentation = build_augmentation(augment_config("basic"))
         augmentation.set_random_seed(0)
 

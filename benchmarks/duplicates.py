@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from benchmarks.common import print_table, real_sample_root, seeded_rng, shared_dir, time_it
+from hpa.core.labels import CHANNELS, HPA2018
 from hpa.data.cache import default_build_workers
 from hpa.data.duplicates import (
     DEFAULT_THRESHOLD,
@@ -28,7 +29,6 @@ from hpa.data.duplicates import (
     near_duplicate_pairs,
 )
 from hpa.data.reader import read_channel, read_labels_csv
-from hpa.labels import CHANNELS
 
 NUM_PLANTED = 1000
 """Duplicate pairs planted among the random hashes of the matching benchmark."""
@@ -39,7 +39,7 @@ def hashing_rows(num_samples: int) -> list[tuple[str, str]]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="hpa-bench-hash-") as folder:
         root = real_sample_root(Path(folder), num_samples)
-        ids, _ = read_labels_csv(root / "train.csv")
+        ids, _ = read_labels_csv(root / "train.csv", HPA2018)
         compute_hashes(root / "train", ids[:8], 1)  # imports and first decodes
         for workers in sorted({1, cores}):
             took = time_it(partial(compute_hashes, root / "train", ids, workers))

@@ -44,11 +44,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from benchmarks.common import consume, print_table, time_it, train_config
+from hpa.core.io import write_json
+from hpa.core.labels import HPA2018
 from hpa.data import synthetic
 from hpa.data.datamodule import HPADataModule
 from hpa.data.epoch_seeding import epoch_seeding
-from hpa.io import write_json
-from hpa.labels import NUM_CLASSES
 from hpa.run import builders
 
 # (a)'s settings: label, channels_last, bf16 autocast, read the loss on the host every step
@@ -169,7 +169,7 @@ def random_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     """When the data step failed: random uint8 images, channels_last as the loader yields them."""
     shape = (args.batch_size, 4, args.size, args.size)
     images = torch.randint(0, 256, shape, dtype=torch.uint8, device=args.device)
-    targets = (torch.rand(args.batch_size, NUM_CLASSES, device=args.device) < 0.1).float()
+    targets = (torch.rand(args.batch_size, HPA2018.num_classes, device=args.device) < 0.1).float()
     return images.contiguous(memory_format=torch.channels_last), targets
 
 

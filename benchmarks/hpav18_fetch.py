@@ -26,9 +26,9 @@ import cv2
 import pandas as pd
 
 from benchmarks.common import print_table, shared_dir, time_it
+from hpa.core.labels import CHANNELS
 from hpa.data.hpav18 import FetchSettings, fetch_hpav18
 from hpa.data.reader import tint
-from hpa.labels import CHANNELS
 
 
 def tinted_jpgs(side: int) -> dict[str, list[bytes]]:

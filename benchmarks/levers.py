@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import REPO
-from hpa.run.run_dir import RunDir
+from hpa.core.run_dir import RunDir
 
 log = logging.getLogger("benchmarks.levers")
 

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hpa.cli import argument_parser, log_to_stderr
+from hpa.core.io import write_atomic
+from hpa.core.metric_names import VAL_F1_MACRO
 from hpa.evaluation.comparison import FORMATS, CompareError, compare_runs, group_seeds, render
-from hpa.evaluation.metrics import VAL_F1_MACRO
-from hpa.io import write_atomic
 
 log = logging.getLogger(__name__)
 

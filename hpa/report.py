@@ -1,5 +1,5 @@
 """Draw the figures of a finished run: ``python -m hpa.report RUN_DIR [--data-root DIR]``
-(``hpa-report``). Writes ``RUN_DIR/report/`` (see hpa/evaluation/run_report.py)."""
+(``hpa-report``). Writes ``RUN_DIR/report/`` (see hpa/run/reporting.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hpa.cli import argument_parser, log_to_stderr
-from hpa.errors import exit_on_input_error
-from hpa.evaluation.run_report import write_report
+from hpa.core.errors import exit_on_input_error
+from hpa.run.reporting import write_report
 
 EXAMPLES = """examples:
   hpa-report logs/train/runs/2026-01-01_00-00-00

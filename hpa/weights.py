@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from hydra import compose, initialize_config_dir
 
 from hpa.cli import argument_parser, log_to_stderr
-from hpa.errors import exit_on_input_error
+from hpa.core.errors import exit_on_input_error
 from hpa.models.backbones import SEED_CNN_NAME
 from hpa.models.pretrained import cached_weights, fetch_weights
 from hpa.run.entry import CONFIG_DIR

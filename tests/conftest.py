@@ -30,9 +30,10 @@ def real_train_csv(shared_data_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def real_train_labels(real_train_csv: Path) -> tuple[np.ndarray, np.ndarray]:
     """(ids, N x 28 uint8 labels) of the real train.csv, read once per test session."""
+    from hpa.core.labels import HPA2018
     from hpa.data.reader import read_labels_csv
 
-    return read_labels_csv(real_train_csv)
+    return read_labels_csv(real_train_csv, HPA2018)
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from hpa.core.labels import CHANNELS
 from hpa.data.reader import find_channel_file
-from hpa.labels import CHANNELS
 
 
 def degraded(

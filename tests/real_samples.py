@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hpa.core.labels import CHANNELS
 from hpa.data.reader import read_channel
-from hpa.labels import CHANNELS
 
 
 def real_rgby_samples(real_channels_dir: Path, count: int, size: int) -> np.ndarray:

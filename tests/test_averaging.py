@@ -18,12 +18,12 @@ from test_losses import cpu_trainer, tiny_loader
 from test_train import run_train
 from torch.optim.swa_utils import update_bn
 
-from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_LOSS, VAL_F1_MACRO, VAL_LOSS
-from hpa.evaluation.thresholds import load_thresholds
+from hpa.core.metric_names import TEST_F1_MACRO, TEST_LOSS, VAL_F1_MACRO, VAL_LOSS
+from hpa.core.thresholds_file import load_thresholds
 from hpa.models.averaging import EMAWeights, SWAWeights, ema_decay
+from hpa.models.checkpoints import load_module
 from hpa.models.module import HPAModule
 from hpa.run.builders import build_callbacks
-from hpa.run.checkpoints import load_module
 
 
 class RawWeights(pl.Callback):

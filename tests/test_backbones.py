@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import nn
 
-from hpa.labels import NUM_CLASSES
+from hpa.core.labels import HPA2018
 from hpa.models.backbones import SeedCNN, create_backbone, widen_stem_conv
 
 BACKBONE_NAMES = ["resnet18", "resnet50", "resnet152", "densenet121", "efficientnet_b0", "seed_cnn"]
@@ -37,18 +37,18 @@ def save_random_rgb_weights(
 
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
 def test_backbone_maps_rgby_images_to_logits(name: str) -> None:
-    model = create_backbone(name).eval()
+    model = create_backbone(name, num_classes=HPA2018.num_classes).eval()
 
     assert stem_conv(model).in_channels == 4
     with torch.no_grad():
         for size in (64, 128):
             logits = model(torch.randn(2, 4, size, size))
-            assert logits.shape == (2, NUM_CLASSES)
+            assert logits.shape == (2, HPA2018.num_classes)
             assert torch.isfinite(logits).all()
 
 
 def test_backbone_trains_one_step() -> None:
-    model = create_backbone("seed_cnn", drop_rate=0.25).train()
+    model = create_backbone("seed_cnn", num_classes=HPA2018.num_classes, drop_rate=0.25).train()
     logits = model(torch.randn(3, 4, 64, 64))
     logits.sum().backward()
     assert stem_conv(model).weight.grad is not None
@@ -63,13 +63,13 @@ def test_num_classes_and_drop_rate_reach_timm() -> None:
 
 def test_unknown_name_lists_close_matches() -> None:
     with pytest.raises(ValueError, match="resnet50") as error:
-        create_backbone("resnet5O")
+        create_backbone("resnet5O", num_classes=HPA2018.num_classes)
     assert "Unknown backbone 'resnet5O'" in str(error.value)
 
 
 def test_seed_cnn_has_no_pretrained_weights() -> None:
     with pytest.raises(ValueError, match="pretrained"):
-        create_backbone("seed_cnn", pretrained=True)
+        create_backbone("seed_cnn", num_classes=HPA2018.num_classes, pretrained=True)
 
 
 @pytest.mark.parametrize(
@@ -84,7 +84,9 @@ def test_seed_cnn_has_no_pretrained_weights() -> None:
 def test_pretrained_rgb_weights_are_widened_to_rgby(name: str, suffix: str, tmp_path: Path) -> None:
     path, saved = save_random_rgb_weights(name, tmp_path, suffix)
 
-    model = create_backbone(name, pretrained=True, pretrained_path=str(path))
+    model = create_backbone(
+        name, num_classes=HPA2018.num_classes, pretrained=True, pretrained_path=str(path)
+    )
 
     stem_name = model.pretrained_cfg["first_conv"]
     stem_weight = stem_conv(model).weight
@@ -94,7 +96,7 @@ def test_pretrained_rgb_weights_are_widened_to_rgby(name: str, suffix: str, tmp_
     assert torch.equal(stem_weight[:, 3], saved_stem[:, 0])
 
     classifier = model.get_classifier()
-    assert classifier.out_features == NUM_CLASSES
+    assert classifier.out_features == HPA2018.num_classes
     classifier_name = model.pretrained_cfg["classifier"]
     loaded = model.state_dict()
     other_keys = [
@@ -110,8 +112,20 @@ def test_pretrained_rgb_weights_are_widened_to_rgby(name: str, suffix: str, tmp_
 
 def test_widened_stem_sees_rgb_as_before_when_yellow_is_zero(tmp_path: Path) -> None:
     path, _ = save_random_rgb_weights("resnet18", tmp_path)
-    rgb_model = create_backbone("resnet18", in_chans=3, pretrained=True, pretrained_path=str(path))
-    rgby_model = create_backbone("resnet18", in_chans=4, pretrained=True, pretrained_path=str(path))
+    rgb_model = create_backbone(
+        "resnet18",
+        num_classes=HPA2018.num_classes,
+        in_chans=3,
+        pretrained=True,
+        pretrained_path=str(path),
+    )
+    rgby_model = create_backbone(
+        "resnet18",
+        num_classes=HPA2018.num_classes,
+        in_chans=4,
+        pretrained=True,
+        pretrained_path=str(path),
+    )
     rgby_model.fc.load_state_dict(rgb_model.fc.state_dict())
     rgb_images = torch.randn(2, 3, 64, 64)
     rgby_images = torch.cat([rgb_images, torch.zeros(2, 1, 64, 64)], dim=1)
@@ -143,7 +157,12 @@ def test_widen_stem_conv_keeps_conv_settings() -> None:
 
 def test_missing_pretrained_file_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        create_backbone("resnet18", pretrained=True, pretrained_path=str(tmp_path / "missing.pth"))
+        create_backbone(
+            "resnet18",
+            num_classes=HPA2018.num_classes,
+            pretrained=True,
+            pretrained_path=str(tmp_path / "missing.pth"),
+        )
 
 
 def test_checkpoint_with_foreign_keys_raises(tmp_path: Path) -> None:
@@ -152,4 +171,6 @@ def test_checkpoint_with_foreign_keys_raises(tmp_path: Path) -> None:
     torch.save({f"model.{key}": value for key, value in saved.items()}, path)
 
     with pytest.raises(ValueError, match="none of the weights"):
-        create_backbone("resnet18", pretrained=True, pretrained_path=str(path))
+        create_backbone(
+            "resnet18", num_classes=HPA2018.num_classes, pretrained=True, pretrained_path=str(path)
+        )

@@ -14,12 +14,13 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018
 from hpa.data.cache import CacheFiles, PackedImages, build_cache, cache_folder, ensure_cache
 from hpa.data.datamodule import HPADataModule
 from hpa.data.dataset import RGBYDataset, collate_samples
 from hpa.data.reader import read_labels_csv, read_sample
 from hpa.data.synthetic import generate_dataset
-from hpa.errors import HPAInputError
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 48  # the synthetic images are 64 px: the cache resizes them
@@ -39,7 +40,7 @@ def data_root(synthetic_root: Path, tmp_path: Path) -> Path:
 
 
 def _ids(root: Path) -> np.ndarray:
-    return read_labels_csv(root / "train.csv")[0]
+    return read_labels_csv(root / "train.csv", HPA2018)[0]
 
 
 def _files(root: Path, size: int = SIZE) -> CacheFiles:
@@ -202,9 +203,8 @@ def test_a_cache_of_another_size_is_refused_by_the_dataset(data_root: Path):
 
 def _datamodule(root: Path, cache: bool) -> HPADataModule:
     augment = OmegaConf.to_container(OmegaConf.load(REPO / "conf/augment/basic.yaml"))
-    datamodule = HPADataModule(
-        root, image_size=SIZE, batch_size=8, num_workers=0, augment=augment, cache=cache
-    )
+    config = {"root": root, "image_size": SIZE, "batch_size": 8, "num_workers": 0, "cache": cache}
+    datamodule = HPADataModule.from_config(config, HPA2018, augment)
     datamodule.setup("fit")
     return datamodule
 

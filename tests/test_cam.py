@@ -9,7 +9,8 @@ import torch
 from pytorch_grad_cam.ablation_layer import AblationLayer
 from real_samples import real_rgby_samples
 
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018
 from hpa.integrations.cam import (
     CAM_METHODS,
     class_activation_maps,
@@ -19,7 +20,6 @@ from hpa.integrations.cam import (
     heat_map_overlay,
     target_layer_name,
 )
-from hpa.labels import CLASS_NAMES
 from hpa.models.module import HPAModule
 from hpa.plots.figures import save_figure
 
@@ -152,17 +152,19 @@ def test_overlay_colours_hot_and_cold_places_differently():
 
 def test_panel_shows_composite_green_and_one_map_per_class(real_images, tmp_path):
     maps = np.random.default_rng(0).random((2, SIZE, SIZE))
-    figure = draw_explanation(real_images[0], maps, [0, 25], [0.91, 0.07], title="sample 0")
+    figure = draw_explanation(
+        HPA2018, real_images[0], maps, [0, 25], [0.91, 0.07], title="sample 0"
+    )
     titles = [axis.get_title() for axis in figure.axes]
     assert titles == [
         "RGBY composite",
         "green (protein)",
-        f"{CLASS_NAMES[0]}\np = 0.91",
-        f"{CLASS_NAMES[25]}\np = 0.07",
+        f"{HPA2018.class_names[0]}\np = 0.91",
+        f"{HPA2018.class_names[25]}\np = 0.07",
     ]
 
     path = tmp_path / "explanations" / "sample0.png"
-    save_figure(draw_explanation(real_images[0], maps, [0, 25], [0.91, 0.07]), path)
+    save_figure(draw_explanation(HPA2018, real_images[0], maps, [0, 25], [0.91, 0.07]), path)
     picture = cv2.imread(str(path))
     assert picture is not None and picture.shape[1] > picture.shape[0] * 3
     assert [p.name for p in path.parent.iterdir()] == ["sample0.png"]  # written atomically
@@ -170,7 +172,7 @@ def test_panel_shows_composite_green_and_one_map_per_class(real_images, tmp_path
 
 def test_panel_refuses_maps_that_do_not_match_the_classes(real_images):
     with pytest.raises(ValueError, match="expected K maps"):
-        draw_explanation(real_images[0], np.zeros((2, SIZE, SIZE)), [0], [0.5])
+        draw_explanation(HPA2018, real_images[0], np.zeros((2, SIZE, SIZE)), [0], [0.5])
 
 
 def test_a_torch_batch_gives_the_maps_of_the_numpy_batch(real_images):
@@ -184,11 +186,11 @@ def test_a_torch_batch_gives_the_maps_of_the_numpy_batch(real_images):
 def test_panel_wraps_into_rows_and_names_an_empty_map(real_images):
     maps = np.zeros((5, SIZE, SIZE))
     maps[0, :10, :10] = 1.0
-    figure = draw_explanation(real_images[0], maps, [0, 1, 2, 3, 4], [0.9] * 5, columns=3)
+    figure = draw_explanation(HPA2018, real_images[0], maps, [0, 1, 2, 3, 4], [0.9] * 5, columns=3)
     assert len(figure.axes) == 9  # 7 pictures in 3 rows of 3, the last two axes blank
     titles = [axis.get_title() for axis in figure.axes]
-    assert titles[2] == f"{CLASS_NAMES[0]}\np = 0.90"
-    assert titles[3] == f"{CLASS_NAMES[1]}\np = 0.90 (empty map)"
+    assert titles[2] == f"{HPA2018.class_names[0]}\np = 0.90"
+    assert titles[3] == f"{HPA2018.class_names[1]}\np = 0.90 (empty map)"
     assert titles[7:] == ["", ""]
 
 

@@ -34,13 +34,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from hpa.core.labels import HPA2018
 from hpa.data.synthetic import COMPARTMENTS, MOTIF_COMPARTMENTS, render_sample_with_compartments
 from hpa.integrations.cam import class_activation_maps
-from hpa.labels import CLASS_NAMES, NUM_CLASSES
 from hpa.models.module import HPAModule
 
 CLASSES = ("Nucleoplasm", "Cytosol")
-CLASS_IDS = [CLASS_NAMES.index(name) for name in CLASSES]
+CLASS_IDS = [HPA2018.class_names.index(name) for name in CLASSES]
 SIZE = 64
 NUM_TRAIN_IMAGES = 256
 EPOCHS = 4
@@ -49,7 +49,7 @@ RANDOM_SEEDS = (1, 2, 3)
 
 
 def one_hot(class_ids) -> np.ndarray:
-    row = np.zeros(NUM_CLASSES, np.uint8)
+    row = np.zeros(HPA2018.num_classes, np.uint8)
     row[list(class_ids)] = 1
     return row
 
@@ -80,7 +80,7 @@ def composites(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[d
             (first, masks_a, masks_b, side_a),
             (second, masks_b, masks_a, ~side_a),
         ):
-            compartment = MOTIF_COMPARTMENTS[CLASS_NAMES[class_id]]
+            compartment = MOTIF_COMPARTMENTS[HPA2018.class_names[class_id]]
             region[class_id] = (own[compartment] & side, other[compartment] & ~side)
         if all(mask.any() for pair in region.values() for mask in pair):  # cells in both halves
             images.append(np.where(side_a[None], image_a, image_b))

@@ -21,15 +21,15 @@ from test_train import run_train
 from torch.optim.swa_utils import update_bn
 
 from hpa.average import hydra_arguments
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
+from hpa.core.metric_names import TEST_F1_MACRO, TEST_LOSS, VAL_F1_MACRO
+from hpa.core.run_dir import RunDir, epoch_checkpoints_callback
 from hpa.evaluation.comparison import compare_runs
-from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_LOSS, VAL_F1_MACRO
 from hpa.models.averaging import average_state_dicts, recompute_batch_norm
+from hpa.models.checkpoints import load_module
 from hpa.models.module import HPAModule
 from hpa.run import builders
 from hpa.run.checkpoint_averaging import average_run, last_epoch_checkpoints
-from hpa.run.checkpoints import load_module
-from hpa.run.run_dir import RunDir, epoch_checkpoints_callback
 
 
 def test_the_shorthands_become_hydra_overrides():

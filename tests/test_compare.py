@@ -14,6 +14,8 @@ import pytest
 from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 
 from hpa.compare import main
+from hpa.core.labels import HPA2018
+from hpa.core.metric_names import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
 from hpa.evaluation.comparison import (
     COLUMNS,
     MINORITY_RECALL,
@@ -25,8 +27,6 @@ from hpa.evaluation.comparison import (
     run_label,
     to_markdown,
 )
-from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
-from hpa.labels import SEED_MINORITY_CLASSES
 
 METRICS = (VAL_F1_MACRO, VAL_F1_SAMPLES, TEST_F1_MACRO, TEST_F1_SAMPLES)
 
@@ -75,7 +75,7 @@ def test_one_row_per_job_with_its_metrics(sweep: Path):
 
 def test_minority_recall_is_the_mean_recall_of_the_seven_rarest_classes(sweep: Path):
     report = pd.read_csv(sweep / "0" / "test_per_class.csv")
-    expected = report.set_index("class_id").loc[list(SEED_MINORITY_CLASSES), "recall"].mean()
+    expected = report.set_index("class_id").loc[list(HPA2018.minority_classes), "recall"].mean()
     assert load_run(sweep / "0")[MINORITY_RECALL] == pytest.approx(expected)
 
 

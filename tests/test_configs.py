@@ -14,6 +14,7 @@ from omegaconf import OmegaConf, open_dict
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = [
+    "labels",
     "data",
     "augment",
     "model",
@@ -23,6 +24,8 @@ GROUPS = [
     "trainer",
     "callbacks",
     "logger",
+    "segment",
+    "cells",
     "paths",
     "hydra",
     "experiment",
@@ -67,12 +70,12 @@ def test_every_group_in_the_defaults_list_has_options():
 )
 def test_option_composes_and_resolves(group: str, option: str, tmp_path: Path):
     overrides = [f"{group}={option}"]
-    if option == "hpa" or group == "experiment":
+    if option in ("hpa", "hpa2021") or group == "experiment":
         overrides.append("data.root=/some/hpa")
     cfg = compose_train(overrides, tmp_path)
     job = resolved(cfg)
     assert job["seed"] == 0
-    assert job["task_name"] in {"train", "debug"}
+    assert job["task_name"] in {"train", "debug", "single_cell"}
     assert isinstance(job["data"]["root"], str) and job["data"]["root"]
     if job.get("scheduler"):
         assert job["scheduler"]["_partial_"] is True

@@ -13,15 +13,15 @@ import torch
 from cli import run_module
 from test_train import run_train
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018
+from hpa.core.metric_names import TEST_F1_MACRO, TEST_LOSS
 from hpa.data.datamodule import HPADataModule
 from hpa.data.dataset import RGBYDataset
 from hpa.data.synthetic import generate_dataset
 from hpa.data.transforms import build_augmentation, evaluation_crop, image_crop
-from hpa.errors import HPAInputError
-from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_LOSS
 from hpa.evaluation.tta import center_crop, crop_windows, predict_with_tta
-from hpa.labels import CLASS_NAMES
-from hpa.run.checkpoints import load_module
+from hpa.models.checkpoints import load_module
 
 
 def windows_of(image: np.ndarray, crop: np.ndarray) -> list[tuple[int, int]]:
@@ -51,7 +51,7 @@ def test_a_load_size_smaller_than_the_image_size_is_refused():
     with pytest.raises(HPAInputError, match="load_size=24 is smaller than data.image_size=32"):
         image_crop(32, 24, random=True)
     with pytest.raises(HPAInputError, match="load_size"):
-        HPADataModule("/nowhere", image_size=32, load_size=24)
+        HPADataModule.from_config({"root": "/nowhere", "image_size": 32, "load_size": 24}, HPA2018)
 
 
 def test_the_evaluation_crop_is_the_centre_window_the_tta_crops_start_with(image):
@@ -104,16 +104,17 @@ def small_set(tmp_path_factory) -> Path:
 
 
 def crop_datamodule(root: Path, **kwargs) -> HPADataModule:
-    datamodule = HPADataModule(
-        root,
-        image_size=24,
-        load_size=40,
-        batch_size=4,
-        num_workers=0,
-        duplicates={"enabled": False},
-        normalize={"num_images": 4},
+    config = {
+        "root": root,
+        "image_size": 24,
+        "load_size": 40,
+        "batch_size": 4,
+        "num_workers": 0,
+        "duplicates": {"enabled": False},
+        "normalize": {"num_images": 4},
         **kwargs,
-    )
+    }
+    datamodule = HPADataModule.from_config(config, HPA2018)
     datamodule.setup("fit")
     return datamodule
 
@@ -178,7 +179,7 @@ def test_a_run_on_crops_is_evaluated_and_predicted_with_dihedral_crops(tmp_path:
         expected = predict_with_tta(
             lambda x: torch.sigmoid(model(x)), images, "dihedral_crops", "max", crop_size=64
         )
-    written = predictions[list(CLASS_NAMES)].to_numpy()[:3]
+    written = predictions[list(HPA2018.class_names)].to_numpy()[:3]
     np.testing.assert_allclose(written, expected.numpy(), atol=1e-5)
 
     # predict: the test folder read at the run's load size, the same crops
@@ -199,5 +200,5 @@ def test_a_run_on_crops_is_evaluated_and_predicted_with_dihedral_crops(tmp_path:
             lambda x: torch.sigmoid(model(x)), batch, "dihedral_crops", "mean", crop_size=64
         )
     np.testing.assert_allclose(
-        probabilities[list(CLASS_NAMES)].to_numpy()[:2], expected.numpy(), atol=1e-5
+        probabilities[list(HPA2018.class_names)].to_numpy()[:2], expected.numpy(), atol=1e-5
     )

@@ -14,9 +14,9 @@ import torch
 from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 from torch.utils.data import DistributedSampler
 
+from hpa.core.distributed import evaluation_sampler
+from hpa.core.labels import HPA2018
 from hpa.data.sampler import DistributedOversamplingSampler, OversamplingSampler
-from hpa.labels import CLASS_NAMES
-from hpa.run.distributed import evaluation_sampler
 
 # two DDP processes on the tiny set: oversampled training, full val and test splits
 DDP_SIM_RUN = (
@@ -112,8 +112,8 @@ def check_ddp_test_equals_single_process_test(tmp_path: Path, *overrides: str) -
         single_predictions.set_index("Id").sort_index(),
         atol=1e-5,
     )
-    probabilities = torch.tensor(ddp_predictions[list(CLASS_NAMES)].to_numpy())
-    assert probabilities.shape == (len(test_ids), len(CLASS_NAMES))
+    probabilities = torch.tensor(ddp_predictions[list(HPA2018.class_names)].to_numpy())
+    assert probabilities.shape == (len(test_ids), len(HPA2018.class_names))
 
 
 @pytest.mark.slow  # about 55 s: two DDP processes train, then a single-process eval

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from hpa.labels import targets_to_matrix
+from hpa.core.labels import HPA2018
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def test_default_run_beats_predicting_the_most_frequent_classes(tmp_path: Path):
 
     final = json.loads((run_dir / "metrics.json").read_text())
     predictions = pd.read_csv(run_dir / "test_predictions.csv", keep_default_na=False)
-    truth = targets_to_matrix(predictions["Target"])
+    truth = HPA2018.to_matrix(predictions["Target"])
     # The baseline: every image gets the two most frequent classes (Nucleoplasm and Cytosol).
     most_frequent = np.argsort(-truth.sum(axis=0).astype(np.int64))[:2]
     baseline = np.zeros_like(truth)

@@ -15,6 +15,9 @@ from cli import run_module
 from omegaconf import OmegaConf
 from planted import append_rows, write_channel, write_degraded_copy
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import CHANNELS
+from hpa.core.run_dir import RunDir
 from hpa.data.duplicates import (
     DEFAULT_THRESHOLD,
     MAX_DISTANCE,
@@ -28,9 +31,6 @@ from hpa.data.duplicates import (
     split_pair_counts,
 )
 from hpa.data.reader import read_ids_csv
-from hpa.errors import HPAInputError
-from hpa.labels import CHANNELS
-from hpa.run.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_REAL_SAMPLES = 12  # 12 real files per colour, each from another sample

@@ -12,11 +12,11 @@ import pytest
 import torch
 from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 
+from hpa.core.labels import HPA2018
+from hpa.core.metric_names import TEST_F1_MACRO, TEST_F1_SAMPLES, TEST_LOSS
 from hpa.data.dataset import RGBYDataset
-from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, TEST_LOSS
 from hpa.evaluation.tta import predict_with_tta
-from hpa.labels import CLASS_NAMES
-from hpa.run.checkpoints import load_module
+from hpa.models.checkpoints import load_module
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_eval_of_the_best_checkpoint_reproduces_the_run(trained_run: Path, tmp_p
         assert evaluated[name] == pytest.approx(trained[name], abs=1e-6)
 
     report = pd.read_csv(tmp_path / "eval" / "test_per_class.csv")
-    assert list(report["class_name"]) == list(CLASS_NAMES)
+    assert list(report["class_name"]) == list(HPA2018.class_names)
     assert set(report.columns) >= {"precision", "recall", "f1", "support"}
     split = pd.read_csv(trained_run / "split.csv")
     assert report["support"].sum() >= (split["split"] == "test").sum()
@@ -86,7 +86,7 @@ def test_eval_with_dihedral_tta_averages_the_eight_symmetries(trained_run: Path,
     with torch.no_grad():
         expected = predict_with_tta(lambda x: torch.sigmoid(model(x)), images, "dihedral")
         plain = torch.sigmoid(model(images))
-    written = predictions[list(CLASS_NAMES)].to_numpy()[:4]
+    written = predictions[list(HPA2018.class_names)].to_numpy()[:4]
     np.testing.assert_allclose(written, expected.numpy(), atol=1e-5)
     assert not np.allclose(written, plain.numpy(), atol=1e-5)  # TTA changed something
 
@@ -140,7 +140,7 @@ def test_a_kfold_multirun_folder_is_evaluated_as_an_ensemble(kfold_sweep: Path, 
         assert ensemble[f"member{index}/{TEST_F1_MACRO}"] == pytest.approx(fold[TEST_F1_MACRO])
 
     # the ensemble's probabilities are the mean of the folds' own test predictions
-    columns = list(CLASS_NAMES)
+    columns = list(HPA2018.class_names)
     written = pd.read_csv(tmp_path / "ens" / "test_predictions.csv", dtype={"Id": str})
     per_fold = [
         pd.read_csv(kfold_sweep / job / "test_predictions.csv", dtype={"Id": str}) for job in "01"

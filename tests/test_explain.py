@@ -9,12 +9,13 @@ import pytest
 from cli import compose_entry, run_module
 from PIL import Image
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018
+from hpa.core.run_dir import RunDir
 from hpa.data.reader import read_labels_csv
-from hpa.errors import HPAInputError
 from hpa.integrations.cam import PANEL_DPI, PANEL_INCHES
 from hpa.run import predicting
 from hpa.run.explaining import PANEL_COLUMNS, explain
-from hpa.run.run_dir import RunDir
 
 PANEL_WIDTH = round(PANEL_INCHES * PANEL_DPI)  # pixels of one picture of a PNG
 ROW_HEIGHT = round((PANEL_INCHES + 0.6) * PANEL_DPI)
@@ -49,7 +50,7 @@ def test_cli_explains_the_first_test_images_of_the_run(small_trained_run, tmp_pa
 
 def test_classes_true_and_all_draw_one_map_per_class(small_trained_run, tmp_path: Path):
     checkpoint, data_root = small_trained_run
-    ids, labels = read_labels_csv(data_root / "train.csv")
+    ids, labels = read_labels_csv(data_root / "train.csv", HPA2018)
     two_labels = next(i for i, row in enumerate(labels) if row.sum() == 2)
     sample_id = ids[two_labels]
 
@@ -127,7 +128,7 @@ def test_cli_exit_code_2_names_the_problem(small_trained_run, tmp_path: Path):
 
 def test_predicted_classes_are_those_of_the_thresholds(small_trained_run):
     from hpa.integrations import cam
-    from hpa.run.checkpoints import load_module
+    from hpa.models.checkpoints import load_module
 
     checkpoint, _ = small_trained_run
     module = load_module(checkpoint)

@@ -12,12 +12,12 @@ import pytest
 import torch
 from cli import compose_entry, run_module
 
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018
+from hpa.core.run_dir import RunDir
 from hpa.integrations.onnx_runtime import IMAGE_SIZE_KEY, TRAIN_CONFIG_KEY, OnnxPredictor
-from hpa.labels import CLASS_NAMES
-from hpa.run.checkpoints import load_module
+from hpa.models.checkpoints import load_module
 from hpa.run.exporting import export
-from hpa.run.run_dir import RunDir
 
 
 def export_in_process(checkpoint: Path | str, output_dir: Path, *overrides: str) -> Path:
@@ -40,7 +40,7 @@ def test_cli_writes_model_onnx_into_its_run_directory(small_trained_run, tmp_pat
 
     module = load_module(checkpoint).eval()
     predictor = OnnxPredictor(path)
-    assert predictor.class_names == list(CLASS_NAMES)
+    assert predictor.class_names == list(HPA2018.class_names)
     np.testing.assert_array_equal(predictor.thresholds, module.class_thresholds.numpy())
     assert predictor.image_size == 64 and predictor.model_name == "seed_cnn"
     assert predictor.train_config == (trained_in.path / RunDir.CONFIG).read_text()

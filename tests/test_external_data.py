@@ -14,14 +14,15 @@ import torch
 from cli import run_module
 from planted import append_rows, write_degraded_copy
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018
+from hpa.core.metric_names import TEST_F1_MACRO
+from hpa.core.run_dir import RunDir
 from hpa.data.datamodule import HPADataModule
 from hpa.data.duplicates import LEAKS, REPORT_ROWS
 from hpa.data.reader import read_labels_csv, read_sample
 from hpa.data.split import train_val_test_split
 from hpa.data.synthetic import generate_dataset
-from hpa.errors import HPAInputError
-from hpa.evaluation.metrics import TEST_F1_MACRO
-from hpa.run.run_dir import RunDir
 
 SIZE = 64
 ROOT_COPIES = range(0, 6)  # rows of data.root with a degraded copy in data.root
@@ -65,10 +66,16 @@ def planted(tmp_path_factory) -> dict[str, Path]:
 
 
 def _datamodule(planted: dict[str, Path], **options) -> HPADataModule:
-    options = {"external": [planted["external"]], "on_bad_image": "skip", **options}
-    datamodule = HPADataModule(
-        planted["root"], image_size=SIZE, batch_size=8, num_workers=0, **options
-    )
+    config = {
+        "root": planted["root"],
+        "image_size": SIZE,
+        "batch_size": 8,
+        "num_workers": 0,
+        "external": [planted["external"]],
+        "on_bad_image": "skip",
+        **options,
+    }
+    datamodule = HPADataModule.from_config(config, HPA2018)
     datamodule.setup("fit")
     return datamodule
 
@@ -86,7 +93,7 @@ def _root_pairs(datamodule: HPADataModule) -> set[tuple[str, str]]:
 
 def test_exactly_the_planted_duplicates_are_found(planted: dict[str, Path]):
     datamodule = _datamodule(planted)
-    root_ids = read_labels_csv(planted["root"] / "train.csv")[0]
+    root_ids = read_labels_csv(planted["root"] / "train.csv", HPA2018)[0]
     assert _root_pairs(datamodule) == {
         (root_ids[row], f"dup-{root_ids[row]}") for row in ROOT_COPIES
     }
@@ -140,7 +147,7 @@ def test_external_duplicates_of_val_and_test_images_are_dropped(planted: dict[st
 
 def test_the_leak_report_counts_the_pairs_of_each_pair_of_splits(planted: dict[str, Path]):
     datamodule = _datamodule(planted)
-    root_ids, labels = read_labels_csv(planted["root"] / "train.csv")
+    root_ids, labels = read_labels_csv(planted["root"] / "train.csv", HPA2018)
     ignoring = dict(zip(root_ids, train_val_test_split(labels, (0.7, 0.15, 0.15)), strict=True))
     this_run = _split_of(datamodule)
     used = set(datamodule.external_samples.Id[datamodule.external_samples.status == "used"])
@@ -175,7 +182,7 @@ def test_with_duplicates_disabled_every_readable_external_image_is_used(
 ):
     datamodule = _datamodule(planted, duplicates={"enabled": False})
     assert datamodule.leak_report is None and datamodule.root_pairs is None
-    root_ids, labels = read_labels_csv(planted["root"] / "train.csv")
+    root_ids, labels = read_labels_csv(planted["root"] / "train.csv", HPA2018)
     np.testing.assert_array_equal(
         datamodule.split_table[1], train_val_test_split(labels, (0.7, 0.15, 0.15))
     )
@@ -198,12 +205,17 @@ def test_ids_shared_by_two_roots_are_refused(planted: dict[str, Path], tmp_path:
 
 
 def test_evaluation_does_not_read_the_external_roots(planted: dict[str, Path], tmp_path: Path):
-    options = {"external": [tmp_path / "gone"], "image_size": SIZE, "num_workers": 0}
-    evaluation = HPADataModule(planted["root"], **options)
+    config = {
+        "root": planted["root"],
+        "external": [tmp_path / "gone"],
+        "image_size": SIZE,
+        "num_workers": 0,
+    }
+    evaluation = HPADataModule.from_config(config, HPA2018)
     evaluation.setup("test")
     assert len(evaluation.datasets["test"]) > 0 and evaluation.external == []
     with pytest.raises(HPAInputError, match="gone"):
-        HPADataModule(planted["root"], **options).setup("fit")
+        HPADataModule.from_config(config, HPA2018).setup("fit")
 
 
 def test_external_images_come_from_their_own_cache_whichever_are_dropped(

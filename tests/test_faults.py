@@ -14,6 +14,7 @@ import pytest
 import torch
 from cli import REPO, SMALL_SYNTHETIC_SET, run_module
 
+from hpa.core.labels import HPA2018
 from hpa.data import synthetic
 from hpa.data.datamodule import HPADataModule
 from hpa.data.epoch_seeding import EpochShuffleSampler
@@ -60,7 +61,8 @@ def test_shuffle_order_depends_only_on_seed_and_epoch() -> None:
 
 def test_train_loader_worker_seed_depends_only_on_seed_and_epoch(tmp_path: Path) -> None:
     root = synthetic.generate_dataset(tmp_path / "set", 24, 32, 0, progress=False)
-    datamodule = HPADataModule(root, image_size=32, batch_size=4, num_workers=0)
+    config = {"root": root, "image_size": 32, "batch_size": 4, "num_workers": 0}
+    datamodule = HPADataModule.from_config(config, HPA2018)
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     base_seeds = []  # what each worker's seed derives from; torch draws it per iterator

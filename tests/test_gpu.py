@@ -12,7 +12,7 @@ import torch
 from cli import SMALL_SYNTHETIC_SET, run_module
 
 from benchmarks.common import train_config
-from hpa.evaluation.metrics import TEST_F1_MACRO, VAL_F1_MACRO
+from hpa.core.metric_names import TEST_F1_MACRO, VAL_F1_MACRO
 from hpa.run import builders
 
 pytestmark = [

@@ -24,18 +24,23 @@ import pandas as pd
 import pytest
 from cli import REPO
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import CHANNELS, HPA2018, HPA2021
 from hpa.data.hpav18 import (
+    DROPPED_FILE,
     FAILED_FILE,
     IMAGE_DIR,
     LABELS_FILE,
+    LOCATIONS_FILE,
     FetchSettings,
+    fetch_hpa2021,
     fetch_hpav18,
     image_url,
     main,
+    map_locations,
+    read_location_mapping,
 )
 from hpa.data.reader import read_labels_csv, tint
-from hpa.errors import HPAInputError
-from hpa.labels import CHANNELS
 
 SOURCE_SIDE = 128
 SIZE = 64
@@ -150,7 +155,7 @@ def pngs(out: Path) -> list[Path]:
     return sorted((out / IMAGE_DIR).glob("*.png"))
 
 
-def assert_nothing_half_written(out: Path) -> None:
+def assert_nothing_half_written(out: Path, id_column: str = "Id") -> None:
     """No temporary file; every PNG decodes; train.csv lists exactly the ids with four PNGs."""
     leftovers = [p for p in out.rglob("*") if p.is_file() and p.suffix not in (".png", ".csv")]
     assert leftovers == []
@@ -159,7 +164,7 @@ def assert_nothing_half_written(out: Path) -> None:
         assert image is not None and image.shape == (SIZE, SIZE) and image.dtype == np.uint8
     channels_of = Counter(png.stem.rsplit("_", 1)[0] for png in pngs(out))
     complete = {sample_id for sample_id, count in channels_of.items() if count == 4}
-    listed = pd.read_csv(out / LABELS_FILE, dtype=str)["Id"].tolist()
+    listed = pd.read_csv(out / LABELS_FILE, dtype=str)[id_column].tolist()
     assert sorted(listed) == sorted(complete)
 
 
@@ -174,7 +179,7 @@ def test_fetches_into_the_kaggle_layout_over_reused_connections(
     assert set(server.requests) == {path_of(i, c) for i in LABELS for c in CHANNELS}
     assert "/images/10580/1610_C1_1_yellow.jpg" in server.requests
     assert len(server.connections) <= FAST["workers"]  # 12 requests over at most 2 connections
-    ids, labels = read_labels_csv(tmp_path / "out" / LABELS_FILE)
+    ids, labels = read_labels_csv(tmp_path / "out" / LABELS_FILE, HPA2018)
     assert ids.tolist() == list(LABELS)
     assert [" ".join(map(str, np.flatnonzero(row))) for row in labels] == ["0 13 25", "0", "5 27"]
     for sample_id in LABELS:
@@ -339,3 +344,181 @@ def test_ctrl_c_lists_the_ids_complete_so_far(server: ScriptedServer, tmp_path: 
     listed = pd.read_csv(out / LABELS_FILE, dtype=str)["Id"].tolist()
     assert 5 <= len(listed) < 30
     assert_nothing_half_written(out)
+
+
+# --- a 2021 index: HPA location names mapped onto the 19 classes of HPA2021 ---------------------
+
+
+def test_the_2021_mapping_is_the_hosts_table() -> None:
+    mapping = read_location_mapping()
+    assert LOCATIONS_FILE.parent.name == "data" and LOCATIONS_FILE.is_file()  # in the package
+    assert len(mapping) == 27
+    assert set(mapping.values()) == set(HPA2021.class_ids)  # every class is reachable
+    for class_id, name in enumerate(HPA2021.class_names[:17]):  # same-named: themselves
+        assert mapping[name.lower()] == class_id, name
+    assert mapping["focal adhesion sites"] == HPA2021.class_names.index("Actin filaments") == 9
+    assert mapping["cell junctions"] == HPA2021.class_names.index("Plasma membrane") == 13
+    assert mapping["centriolar satellite"] == HPA2021.class_names.index("Centrosome") == 12
+    vesicles = HPA2021.class_names.index("Vesicles and punctate cytosolic patterns")
+    for name in ("vesicles", "peroxisomes", "endosomes", "lysosomes", "lipid droplets"):
+        assert mapping[name] == vesicles == 17, name
+    assert mapping["cytoplasmic bodies"] == 17
+    assert mapping["no staining"] == HPA2021.class_names.index("Negative") == 18
+    for unmapped in ("microtubule organizing center", "nucleoli rim", "rods & rings"):
+        assert unmapped not in mapping  # not in the hosts' table: left out, logged
+
+
+@pytest.mark.parametrize(
+    ("cell", "class_ids", "unknown"),
+    [
+        ("Nucleoplasm;Focal adhesion sites", [0, 9], []),
+        ("Cytosol,Nucleoplasm", [0, 16], []),  # kaggle_2021.tsv joins names by commas
+        ("Vesicles; Lysosomes ;NUCLEOPLASM,peroxisomes,  nucleoplasm", [0, 17], []),
+        ("Cell Junctions;Mitotic   spindle", [11, 13], []),
+        ("Kinetochore;Cytosol;Rods & rings", [16], ["Kinetochore", "Rods & rings"]),
+        ("Nucleoli rim", [], ["Nucleoli rim"]),
+        ("", [], []),
+    ],
+)
+def test_an_index_cell_gives_sorted_class_ids_without_repeats(
+    cell: str, class_ids: list[int], unknown: list[str]
+) -> None:
+    assert map_locations(cell, read_location_mapping()) == (class_ids, unknown)
+
+
+@pytest.mark.parametrize(
+    ("rows", "problem", "line"),
+    [
+        ("Nucleoplasm,0\nCytosol,19\n", "class_id '19' is not a class id 0..18", 3),
+        ("Nucleoplasm,0\nCytosol,x\n", "class_id 'x'", 3),
+        ("Nucleoplasm,0\nCytosol,-1\n", "class_id '-1'", 3),
+        ("Nucleoplasm,0\n nucleoPLASM ,1\n", "listed twice", 3),
+        (" ,0\n", "empty hpa_location", 2),
+    ],
+)
+def test_a_bad_mapping_is_refused_naming_the_file_and_line(
+    tmp_path: Path, rows: str, problem: str, line: int
+) -> None:
+    path = tmp_path / "locations.csv"
+    path.write_text("hpa_location,class_id\n" + rows)
+    with pytest.raises(HPAInputError, match=problem) as error:
+        read_location_mapping(path)
+    assert f"{path}, line {line}" in str(error.value)
+
+
+INDEX = {  # {plate}_{image} -> (Label cell of the index, the Label expected in train.csv)
+    "10005_921_B9_1": ("Nucleoplasm,Focal adhesion sites", "0|9"),
+    "1060_F3_3": ("Vesicles;Peroxisomes;Cytosol;Lysosomes", "16|17"),
+    "1770_C7_2": ("Kinetochore,No staining", "18"),
+}
+LEFT_OUT = {"1770_D2_1": "Kinetochore;Rods & rings", "1770_D2_2": ""}
+
+
+def write_index(path: Path, base_url: str) -> Path:
+    rows = {**{i: cell for i, (cell, _) in INDEX.items()}, **LEFT_OUT}
+    stems = [url_stem_of(base_url, sample_id) for sample_id in rows]
+    frame = pd.DataFrame({"Image": stems, "Label": list(rows.values()), "Cellline": "U-2 OS"})
+    frame.to_csv(path, index=False)  # quotes the comma-joined cells, as kaggle_2021.tsv does
+    return path
+
+
+def url_stem_of(base_url: str, sample_id: str) -> str:
+    return image_url(base_url, sample_id, "x").removesuffix("_x.jpg")
+
+
+def test_a_2021_index_is_fetched_into_the_2021_layout(
+    server: ScriptedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    index = write_index(tmp_path / "kaggle_2021.csv", server.url)  # the index's URLs are used
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="hpa.data.hpav18"):
+        failures = fetch_hpa2021(index, out, FetchSettings(**FAST), progress=False)
+    assert failures == []
+    assert set(server.requests) == {path_of(i, c) for i in INDEX for c in CHANNELS}
+
+    ids, labels = read_labels_csv(out / LABELS_FILE, HPA2021)
+    assert ids.tolist() == list(INDEX)
+    assert [HPA2021.format(row) for row in labels] == [label for _, label in INDEX.values()]
+    assert (out / LABELS_FILE).read_text().splitlines()[:2] == ["ID,Label", "10005_921_B9_1,0|9"]
+    for sample_id in INDEX:
+        for color in CHANNELS:
+            png = cv2.imread(str(out / IMAGE_DIR / f"{sample_id}_{color}.png"), -1)
+            expected = cv2.resize(
+                stain_of(path_of(sample_id, color)), (SIZE, SIZE), interpolation=cv2.INTER_AREA
+            )
+            assert np.abs(png.astype(int) - expected).mean() < 2
+    dropped = pd.read_csv(out / DROPPED_FILE, dtype=str, keep_default_na=False)
+    assert dropped.columns.tolist() == ["ID", "reason"]
+    assert dropped.values.tolist() == [
+        ["1770_D2_1", "no location maps to a hpa2021 class: Kinetochore; Rods & rings"],
+        ["1770_D2_2", "no location given"],
+    ]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "'Kinetochore' is not in the 2021 mapping, left out of 2 row(s)" in m for m in warnings
+    )
+    assert any(
+        "'Rods & rings' is not in the 2021 mapping, left out of 1 row(s)" in m for m in warnings
+    )
+    assert any("2 row(s) left out" in m and DROPPED_FILE in m for m in warnings)
+    assert not (out / FAILED_FILE).exists()
+    assert_nothing_half_written(out, id_column="ID")
+
+
+def test_the_cli_fetches_a_2021_index_from_another_base_url(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    index = write_index(tmp_path / "kaggle_2021.csv", "http://127.0.0.1:9/nowhere")
+    out = tmp_path / "out"
+    arguments = ["--labels", "hpa2021", "--index", str(index), "--out", str(out)]
+    arguments += ["--base-url", server.url, *[f"--{k}={v}" for k, v in FAST.items()]]
+    server.script[path_of("1060_F3_3", "green")].append("404")
+    assert main(arguments) == 1
+    assert pd.read_csv(out / LABELS_FILE, dtype=str)["ID"].tolist() == [
+        "10005_921_B9_1",
+        "1770_C7_2",
+    ]
+    assert pd.read_csv(out / FAILED_FILE, dtype=str)[["ID", "channel"]].values.tolist() == [
+        ["1060_F3_3", "green"]
+    ]
+    server.requests.clear()
+    assert main(arguments) == 0  # resumes: only the missing channel
+    assert list(server.requests) == [path_of("1060_F3_3", "green")]
+    ids, _ = read_labels_csv(out / LABELS_FILE, HPA2021)
+    assert ids.tolist() == list(INDEX)
+    assert_nothing_half_written(out, id_column="ID")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem", "line"),
+    [
+        ("Image,Label\n10005/921_B9_1,Cytosol\n", "not an image URL stem", 2),
+        ("Image,Label\nhttp://h/921_B9_1,Cytosol\n", "not an image URL stem", 2),
+        ("Image,Label\nhttp://h/1/a_1,Cytosol\nhttp://h/1/a_1,Nucleoli\n", "also on line 2", 3),
+        ("Image,Cellline\nhttp://h/1/a_1,U-2 OS\n", "missing column", 1),
+    ],
+)
+def test_a_bad_index_is_refused_naming_the_file_and_line(
+    tmp_path: Path, content: str, problem: str, line: int
+) -> None:
+    index = tmp_path / "kaggle_2021.csv"
+    index.write_text(content)
+    unused = FetchSettings(base_url="http://127.0.0.1:9/images")
+    with pytest.raises(HPAInputError, match=problem) as error:
+        fetch_hpa2021(index, tmp_path / "out", unused, progress=False)
+    assert f"{index}, line {line}" in str(error.value)
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["--labels", "hpa2021", "--csv", "a.csv"], ["--index", "a.csv"], ["--labels", "hpa2021"]],
+)
+def test_the_cli_refuses_an_input_the_label_set_does_not_read(
+    tmp_path: Path, arguments: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*arguments, "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "reads --" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

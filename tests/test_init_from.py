@@ -12,10 +12,12 @@ from cli import SMALL_SYNTHETIC_SET, run_module
 from test_configs import compose_train
 from test_losses import cpu_trainer, tiny_loader
 
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018, LabelSet
+from hpa.data.class_statistics import ClassStatistics
+from hpa.models.checkpoints import initialize_from
 from hpa.models.module import HPAModule
 from hpa.run import builders
-from hpa.run.checkpoints import initialize_from
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,8 @@ def test_init_from_copies_the_network_weights_and_nothing_else(trained_checkpoin
 def test_another_network_or_other_shapes_are_refused(trained_checkpoint: Path):
     with pytest.raises(HPAInputError, match="holds a seed_cnn network, this run builds resnet18"):
         initialize_from(HPAModule(name="resnet18"), trained_checkpoint)
-    other_head = HPAModule(name="seed_cnn", num_classes=10)
+    ten_classes = LabelSet("ten", tuple(f"class {i}" for i in range(10)))
+    other_head = HPAModule(name="seed_cnn", labels=ten_classes.to_dict())
     before = {name: value.clone() for name, value in other_head.state_dict().items()}
     with pytest.raises(HPAInputError) as refused:
         initialize_from(other_head, trained_checkpoint)
@@ -62,8 +65,13 @@ def test_another_network_or_other_shapes_are_refused(trained_checkpoint: Path):
 
 
 class _Statistics:
+    """What build_module reads of a set-up data module: its label set and the statistics of
+    its train split."""
+
+    label_set = HPA2018
     channel_mean = np.full(4, 0.5, dtype=np.float32)
     channel_std = np.full(4, 0.25, dtype=np.float32)
+    class_statistics = ClassStatistics(HPA2018, np.arange(1, 29), 100)
 
 
 def test_build_module_starts_from_the_checkpoint_without_pretrained_weights(

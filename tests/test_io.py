@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hpa.io import write_atomic, write_json
+from hpa.core.io import write_atomic, write_json
 
 
 def test_an_artifact_gets_the_mode_of_an_ordinary_new_file(tmp_path: Path):

@@ -4,6 +4,7 @@ import itertools
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -12,9 +13,12 @@ from hydra.errors import InstantiationException
 from test_configs import compose_train, group_options, resolved
 from torch.utils.data import DataLoader
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018
+from hpa.core.metric_names import TRAIN_LOSS
+from hpa.data.class_statistics import ClassStatistics
 from hpa.data.dataset import collate_samples
-from hpa.evaluation.metrics import TRAIN_LOSS
-from hpa.labels import KAGGLE_CLASS_COUNTS, NUM_CLASSES, NUM_KAGGLE_TRAIN_IMAGES
+from hpa.data.synthetic.labels import KAGGLE_CLASS_COUNTS, NUM_KAGGLE_TRAIN_IMAGES
 from hpa.models.losses import (
     BCEWithLogitsLoss,
     FocalLoss,
@@ -25,12 +29,25 @@ from hpa.models.losses import (
     lovasz_hinge_per_class,
 )
 from hpa.models.module import HPAModule
+from hpa.run.builders import with_train_class_counts
+
+# the real Kaggle 2018 train.csv counts, as a train split of that size would give them
+KAGGLE_COUNTS = {"class_counts": KAGGLE_CLASS_COUNTS, "num_images": NUM_KAGGLE_TRAIN_IMAGES}
+KAGGLE_STATISTICS = ClassStatistics(
+    HPA2018, np.asarray(KAGGLE_CLASS_COUNTS), NUM_KAGGLE_TRAIN_IMAGES
+)
+
+
+def module_of(loss: dict) -> HPAModule:
+    """The seed CNN with ``loss``, its balanced weights from the Kaggle counts, as
+    ``hpa.run.builders.build_module`` passes a train split's."""
+    return HPAModule(name="seed_cnn", loss=with_train_class_counts(loss, KAGGLE_STATISTICS))
 
 
 def random_batch(seed: int, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    logits = torch.randn(batch_size, NUM_CLASSES, generator=generator) * 3
-    targets = (torch.rand(batch_size, NUM_CLASSES, generator=generator) < 0.2).float()
+    logits = torch.randn(batch_size, HPA2018.num_classes, generator=generator) * 3
+    targets = (torch.rand(batch_size, HPA2018.num_classes, generator=generator) < 0.2).float()
     return logits, targets
 
 
@@ -45,7 +62,7 @@ def test_bce_without_pos_weight_equals_torch() -> None:
 
 def test_bce_with_explicit_pos_weight_equals_torch() -> None:
     logits, targets = random_batch(seed=1)
-    pos_weight = [float(1 + class_id % 5) for class_id in range(NUM_CLASSES)]
+    pos_weight = [float(1 + class_id % 5) for class_id in range(HPA2018.num_classes)]
 
     loss = BCEWithLogitsLoss(pos_weight=pos_weight)(logits, targets)
 
@@ -57,9 +74,9 @@ def test_bce_with_explicit_pos_weight_equals_torch() -> None:
 
 
 def test_balanced_pos_weight_by_hand() -> None:
-    weights = BCEWithLogitsLoss(pos_weight="balanced").pos_weight
+    weights = BCEWithLogitsLoss(**KAGGLE_COUNTS, pos_weight="balanced").pos_weight
 
-    assert weights.shape == (NUM_CLASSES,)
+    assert weights.shape == (HPA2018.num_classes,)
     # Nucleoplasm: 12,885 of 31,072 images -> (31072 - 12885) / 12885.
     assert weights[0].item() == pytest.approx(18187 / 12885)
     # Cytosol: 8,228 images -> (31072 - 8228) / 8228.
@@ -70,9 +87,11 @@ def test_balanced_pos_weight_by_hand() -> None:
 
 
 def test_balanced_pos_weight_clip_is_configurable() -> None:
-    unclipped = balanced_pos_weight(max_pos_weight=None)
+    unclipped = balanced_pos_weight(**KAGGLE_COUNTS, max_pos_weight=None)
     assert unclipped[27].item() == pytest.approx((31072 - 11) / 11)
-    clipped = BCEWithLogitsLoss(pos_weight="balanced", max_pos_weight=3.0).pos_weight
+    clipped = BCEWithLogitsLoss(
+        **KAGGLE_COUNTS, pos_weight="balanced", max_pos_weight=3.0
+    ).pos_weight
     assert clipped.max().item() == 3.0
     assert clipped[0].item() == pytest.approx(18187 / 12885)
 
@@ -80,14 +99,16 @@ def test_balanced_pos_weight_clip_is_configurable() -> None:
 def test_bce_balanced_pos_weight_is_used_in_the_loss() -> None:
     logits, targets = random_batch(seed=2)
 
-    loss = BCEWithLogitsLoss(pos_weight="balanced")(logits, targets)
+    loss = BCEWithLogitsLoss(**KAGGLE_COUNTS, pos_weight="balanced")(logits, targets)
 
-    expected = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=balanced_pos_weight())
+    expected = F.binary_cross_entropy_with_logits(
+        logits, targets, pos_weight=balanced_pos_weight(**KAGGLE_COUNTS)
+    )
     torch.testing.assert_close(loss, expected)
 
 
 def test_pos_weight_is_a_buffer_outside_the_state_dict() -> None:
-    loss = BCEWithLogitsLoss(pos_weight="balanced")
+    loss = BCEWithLogitsLoss(**KAGGLE_COUNTS, pos_weight="balanced")
     assert "pos_weight" in dict(loss.named_buffers())
     assert "pos_weight" not in loss.state_dict()
     if torch.cuda.is_available():
@@ -96,22 +117,42 @@ def test_pos_weight_is_a_buffer_outside_the_state_dict() -> None:
 
 def test_losses_work_in_a_half_precision_module() -> None:
     logits, targets = random_batch(seed=5)
-    loss_fn = BCEWithLogitsLoss(pos_weight="balanced").to(torch.bfloat16)
+    loss_fn = BCEWithLogitsLoss(**KAGGLE_COUNTS, pos_weight="balanced").to(torch.bfloat16)
     assert loss_fn.pos_weight.dtype == torch.bfloat16
 
     loss = loss_fn(logits.bfloat16(), targets.bfloat16())
 
     assert loss.dtype == torch.float32
     expected = F.binary_cross_entropy_with_logits(
-        logits.bfloat16().float(), targets, pos_weight=balanced_pos_weight().bfloat16().float()
+        logits.bfloat16().float(),
+        targets,
+        pos_weight=balanced_pos_weight(**KAGGLE_COUNTS).bfloat16().float(),
     )
     torch.testing.assert_close(loss, expected)
 
 
-@pytest.mark.parametrize("bad_pos_weight", ["inverse", [1.0] * 27, [0.0] * NUM_CLASSES])
+@pytest.mark.parametrize("bad_pos_weight", ["inverse", [], [0.0] * HPA2018.num_classes])
 def test_bad_pos_weight_raises(bad_pos_weight: object) -> None:
     with pytest.raises(ValueError, match="pos_weight"):
         BCEWithLogitsLoss(pos_weight=bad_pos_weight)
+
+
+def test_balanced_pos_weight_needs_the_train_split_counts() -> None:
+    with pytest.raises(ValueError, match="class_counts and num_images"):
+        BCEWithLogitsLoss(pos_weight="balanced")
+
+
+def test_pos_weight_of_another_number_of_classes_is_refused_by_the_module() -> None:
+    loss = {"_target_": "hpa.models.losses.BCEWithLogitsLoss", "pos_weight": [1.0] * 27}
+    with pytest.raises(HPAInputError, match="27 values; the label set hpa2018 has 28 classes"):
+        HPAModule(name="seed_cnn", loss=loss)
+
+
+def test_balanced_weights_of_absent_and_universal_classes_are_defined() -> None:
+    weights = balanced_pos_weight([0, 5, 20, 10], num_images=20, max_pos_weight=10.0)
+    # no positive: the clip value; every image: 1; otherwise (N - n) / n
+    assert weights.tolist() == pytest.approx([10.0, 3.0, 1.0, 1.0])
+    assert balanced_pos_weight([0, 4], num_images=8, max_pos_weight=None).tolist() == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -157,7 +198,7 @@ def test_focal_loss_alpha_weighs_positives_and_negatives() -> None:
 
 def test_losses_accept_half_precision_logits() -> None:
     logits, targets = random_batch(seed=4)
-    for loss_fn in (BCEWithLogitsLoss(pos_weight="balanced"), FocalLoss()):
+    for loss_fn in (BCEWithLogitsLoss(**KAGGLE_COUNTS, pos_weight="balanced"), FocalLoss()):
         loss = loss_fn(logits.half(), targets)
         assert loss.dtype == torch.float32
         torch.testing.assert_close(loss, loss_fn(logits.half().float(), targets))
@@ -382,9 +423,11 @@ def test_a_term_can_be_added_from_the_command_line(tmp_path: Path) -> None:
         "+loss.terms.bce={_target_:hpa.models.losses.BCEWithLogitsLoss,pos_weight:balanced}",
         "+loss.weights.bce=0.25",
     )
-    criterion = HPAModule(name="seed_cnn", loss=loss).criterion
+    criterion = module_of(loss).criterion
     assert criterion.weights == {"focal": 14.0, "lovasz": 0.5, "bce": 0.25}
-    assert criterion.terms["bce"].pos_weight is not None
+    torch.testing.assert_close(
+        criterion.terms["bce"].pos_weight, balanced_pos_weight(**KAGGLE_COUNTS)
+    )
 
 
 def test_bestfitting_mix_composes(tmp_path: Path) -> None:
@@ -406,7 +449,7 @@ def tiny_loader(num_batches: int = 1, batch_size: int = 8, seed: int = 0, **kwar
     items = [
         {
             "image": torch.randint(0, 256, (4, 32, 32), dtype=torch.uint8, generator=generator),
-            "target": (torch.rand(NUM_CLASSES, generator=generator) < 0.2).float(),
+            "target": (torch.rand(HPA2018.num_classes, generator=generator) < 0.2).float(),
             "index": torch.tensor(index),
         }
         for index in range(num_batches * batch_size)
@@ -428,7 +471,7 @@ def cpu_trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
 
 @pytest.mark.parametrize("option", group_options("loss"))
 def test_one_training_step_with_each_loss(option: str, tmp_path: Path) -> None:
-    module = HPAModule(name="seed_cnn", loss=composed_loss(tmp_path, f"loss={option}"))
+    module = module_of(composed_loss(tmp_path, f"loss={option}"))
     before = {name: value.clone() for name, value in module.named_parameters()}
     trainer = cpu_trainer(tmp_path, max_steps=1, limit_val_batches=0, enable_checkpointing=False)
 

@@ -14,7 +14,8 @@ from cli import REPO
 from real_samples import real_rgby_samples
 from torch import nn
 
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018
 from hpa.integrations.onnx_export import (
     FixedSizeAdaptiveAvgPool2d,
     OnnxParityError,
@@ -25,7 +26,6 @@ from hpa.integrations.onnx_runtime import (
     TRAIN_CONFIG_KEY,
     OnnxPredictor,
 )
-from hpa.labels import CLASS_NAMES, NUM_CLASSES
 from hpa.models.module import HPAModule
 
 IMAGE_SIZE = 64
@@ -42,7 +42,7 @@ def random_module(name: str, seed: int = 0, ensure_one_label: bool = True) -> HP
         channel_mean=(0.08, 0.05, 0.05, 0.08),
         channel_std=(0.13, 0.09, 0.14, 0.13),
     )
-    module.set_class_thresholds(np.linspace(0.3, 0.7, NUM_CLASSES))
+    module.set_class_thresholds(np.linspace(0.3, 0.7, HPA2018.num_classes))
     return module.eval()
 
 
@@ -92,7 +92,7 @@ def seed_cnn_onnx(tmp_path_factory) -> tuple[HPAModule, object]:
 def test_metadata_round_trip(seed_cnn_onnx):
     module, path = seed_cnn_onnx
     predictor = OnnxPredictor(path)
-    assert predictor.class_names == list(CLASS_NAMES)
+    assert predictor.class_names == list(HPA2018.class_names)
     assert predictor.thresholds.dtype == np.float64
     np.testing.assert_array_equal(predictor.thresholds, module.class_thresholds.numpy())
     assert predictor.ensure_one_label is False
@@ -108,10 +108,12 @@ def test_metadata_round_trip(seed_cnn_onnx):
 def test_without_ensure_one_label_an_image_may_get_no_class(seed_cnn_onnx):
     _, path = seed_cnn_onnx
     predictor = OnnxPredictor(path)
-    probabilities = np.full((2, NUM_CLASSES), 0.1, dtype=np.float32)
+    probabilities = np.full((2, HPA2018.num_classes), 0.1, dtype=np.float32)
     probabilities[1, 4] = 0.9
     decisions = predictor.decide(probabilities)
-    assert decisions[0].sum() == 0 and decisions[1].tolist() == np.eye(NUM_CLASSES)[4].tolist()
+    assert (
+        decisions[0].sum() == 0 and decisions[1].tolist() == np.eye(HPA2018.num_classes)[4].tolist()
+    )
 
 
 def test_batch_axis_is_dynamic(seed_cnn_onnx):
@@ -119,9 +121,9 @@ def test_batch_axis_is_dynamic(seed_cnn_onnx):
     predictor = OnnxPredictor(path)
     images = np.random.default_rng(1).integers(0, 256, (5, 4, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     probabilities = predictor.probabilities(images)
-    assert probabilities.shape == (5, NUM_CLASSES)
+    assert probabilities.shape == (5, HPA2018.num_classes)
     np.testing.assert_allclose(probabilities, torch_probabilities(module, images), atol=1e-5)
-    assert predictor.probabilities(images[:1]).shape == (1, NUM_CLASSES)
+    assert predictor.probabilities(images[:1]).shape == (1, HPA2018.num_classes)
 
 
 def test_image_size_is_fixed(seed_cnn_onnx):

@@ -15,11 +15,11 @@ import pytest
 import torch
 from cli import REPO, run_module
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import CHANNELS, HPA2018
 from hpa.data.reader import read_sample, tint
-from hpa.errors import HPAInputError
 from hpa.evaluation.thresholds import binarize
-from hpa.labels import CHANNELS, CLASS_NAMES, format_target, parse_target
-from hpa.run.checkpoints import load_module
+from hpa.models.checkpoints import load_module
 from hpa.run.predicting import model_paths
 
 SHARED = REPO.parent / "shared" / "data" / "hpa2018"
@@ -56,9 +56,9 @@ def test_submission_follows_the_sample_submission(trained, tmp_path: Path):
     template = pd.read_csv(data_root / "sample_submission.csv", dtype=str)
     assert list(submission.columns) == ["Id", "Predicted"]
     assert list(submission["Id"]) == list(template["Id"])
-    assert all(parse_target(value).sum() >= 1 for value in submission["Predicted"])
-    assert list(probabilities.columns) == ["Id", *CLASS_NAMES]
-    values = probabilities[list(CLASS_NAMES)].to_numpy()
+    assert all(HPA2018.parse(value).sum() >= 1 for value in submission["Predicted"])
+    assert list(probabilities.columns) == ["Id", *HPA2018.class_names]
+    values = probabilities[list(HPA2018.class_names)].to_numpy()
     assert ((values >= 0) & (values <= 1)).all()
     if (SHARED / "sample_submission.csv").is_file():  # the real competition format
         real = pd.read_csv(SHARED / "sample_submission.csv", nrows=3, dtype=str)
@@ -73,7 +73,9 @@ def test_an_ensemble_of_one_model_twice_equals_the_model(trained, tmp_path: Path
     result = predict(f"[{checkpoint},{checkpoint}]", data_root, double)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = read_output(single)[1], read_output(double)[1]
-    np.testing.assert_allclose(one[list(CLASS_NAMES)], two[list(CLASS_NAMES)], atol=1e-6)
+    np.testing.assert_allclose(
+        one[list(HPA2018.class_names)], two[list(HPA2018.class_names)], atol=1e-6
+    )
 
 
 def test_without_a_sample_submission_the_files_present_are_predicted(trained, tmp_path: Path):
@@ -110,7 +112,7 @@ def test_a_skipped_bad_image_keeps_its_row_with_no_class(trained, tmp_path: Path
     assert list(submission["Id"]) == list(template["Id"])  # Kaggle's rows, all of them
     assert submission.set_index("Id")["Predicted"][bad_id] == ""
     others = submission[submission["Id"] != bad_id]["Predicted"]
-    assert all(parse_target(value).sum() >= 1 for value in others)
+    assert all(HPA2018.parse(value).sum() >= 1 for value in others)
     assert bad_id not in set(probabilities["Id"]) and len(probabilities) == len(template) - 1
     assert pd.read_csv(output / "skipped_images.csv")["Id"].tolist() == [bad_id]
     assert "empty Predicted" in result.stdout + result.stderr
@@ -131,8 +133,8 @@ def test_predicts_a_folder_of_hpas_tinted_jpgs(trained, real_channels_dir: Path,
     assert result.returncode == 0, result.stderr[-3000:]
     submission, probabilities = read_output(tmp_path / "out")
     assert list(submission["Id"]) == sorted(ids)
-    assert all(parse_target(value).sum() >= 1 for value in submission["Predicted"])
-    assert probabilities[list(CLASS_NAMES)].notna().all().all()
+    assert all(HPA2018.parse(value).sum() >= 1 for value in submission["Predicted"])
+    assert probabilities[list(HPA2018.class_names)].notna().all().all()
 
 
 def test_the_submission_is_the_checkpoints_decisions_on_every_test_image(trained, tmp_path: Path):
@@ -149,9 +151,9 @@ def test_the_submission_is_the_checkpoints_decisions_on_every_test_image(trained
     )
     with torch.inference_mode():
         expected = model.probabilities(images).numpy()
-    np.testing.assert_allclose(probabilities[list(CLASS_NAMES)], expected, atol=1e-5)
+    np.testing.assert_allclose(probabilities[list(HPA2018.class_names)], expected, atol=1e-5)
     decisions = binarize(expected, model.class_thresholds.numpy(), model.hparams.ensure_one_label)
-    assert submission["Predicted"].tolist() == [format_target(row) for row in decisions]
+    assert submission["Predicted"].tolist() == [HPA2018.format(row) for row in decisions]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +188,9 @@ def test_onnx_backend_writes_the_submission_of_the_torch_backend(trained, export
     pd.testing.assert_frame_equal(onnx_submission, torch_submission)
     assert list(onnx_probabilities["Id"]) == list(torch_probabilities["Id"])
     np.testing.assert_allclose(
-        onnx_probabilities[list(CLASS_NAMES)], torch_probabilities[list(CLASS_NAMES)], atol=1e-5
+        onnx_probabilities[list(HPA2018.class_names)],
+        torch_probabilities[list(HPA2018.class_names)],
+        atol=1e-5,
     )
 
 
@@ -227,7 +231,7 @@ def test_onnx_backend_runs_without_torch_lightning_or_timm(trained, exported, tm
     submission, probabilities = read_output(tmp_path / "onnx")
     template = pd.read_csv(data_root / "sample_submission.csv", dtype=str)
     assert list(submission["Id"]) == list(template["Id"])
-    assert all(parse_target(value).sum() >= 1 for value in submission["Predicted"])
+    assert all(HPA2018.parse(value).sum() >= 1 for value in submission["Predicted"])
 
     # the same as the torch backend, with the 8 symmetries and the images decoded alike
     checkpoint, _ = trained
@@ -244,7 +248,9 @@ def test_an_ensemble_of_one_onnx_model_twice_equals_the_model(trained, exported,
     result = predict(f"[{exported},{exported}]", data_root, tmp_path / "double")
     assert result.returncode == 0, result.stderr[-3000:]
     single, double = read_output(tmp_path / "single")[1], read_output(tmp_path / "double")[1]
-    np.testing.assert_allclose(single[list(CLASS_NAMES)], double[list(CLASS_NAMES)], atol=1e-7)
+    np.testing.assert_allclose(
+        single[list(HPA2018.class_names)], double[list(HPA2018.class_names)], atol=1e-7
+    )
 
 
 def test_backend_and_model_files_must_agree(trained, exported, tmp_path):

@@ -14,7 +14,7 @@ import torch
 from cli import run_module
 from huggingface_hub import constants
 
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
 from hpa.models.pretrained import cached_weights, ensure_pretrained_weights, hub_reachable
 
 

@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018, HPA2021
 from hpa.data.reader import read_labels_csv
-from hpa.errors import HPAInputError
-from hpa.labels import NUM_CLASSES, format_target, parse_target
+
+NUM_CLASSES = HPA2018.num_classes
 
 multi_hot = st.lists(st.integers(0, 1), min_size=NUM_CLASSES, max_size=NUM_CLASSES).map(
     lambda flags: np.asarray(flags, dtype=np.uint8)
@@ -32,16 +34,22 @@ bad_targets = st.one_of(
 @given(multi_hot)
 def test_format_then_parse_is_the_identity(vector: np.ndarray) -> None:
     if vector.any():
-        np.testing.assert_array_equal(parse_target(format_target(vector)), vector)
+        np.testing.assert_array_equal(HPA2018.parse(HPA2018.format(vector)), vector)
     else:
         with pytest.raises(ValueError):  # an empty Target is refused: every image has a class
-            parse_target(format_target(vector))
+            HPA2018.parse(HPA2018.format(vector))
 
 
 @given(class_id_lists, st.sampled_from([" ", "  ", " \t"]))
 def test_parse_then_format_gives_sorted_unique_ids(class_ids: list[int], separator: str) -> None:
     target = separator.join(map(str, class_ids))
-    assert format_target(parse_target(target)) == " ".join(map(str, sorted(set(class_ids))))
+    assert HPA2018.format(HPA2018.parse(target)) == " ".join(map(str, sorted(set(class_ids))))
+
+
+@given(st.lists(st.integers(0, HPA2021.num_classes - 1), min_size=1, max_size=8))
+def test_a_2021_label_cell_round_trips_through_its_pipe_separator(class_ids: list[int]) -> None:
+    cell = "|".join(map(str, class_ids))
+    assert HPA2021.format(HPA2021.parse(cell)) == "|".join(map(str, sorted(set(class_ids))))
 
 
 def write_csv(rows: list[tuple[str, str]]) -> Path:
@@ -60,7 +68,7 @@ def write_csv(rows: list[tuple[str, str]]) -> Path:
 def test_valid_rows_are_accepted(rows) -> None:
     path = write_csv([(i, " ".join(map(str, ids))) for i, ids in rows])
     try:
-        ids, labels = read_labels_csv(path)
+        ids, labels = read_labels_csv(path, HPA2018)
     finally:
         path.unlink()
     assert ids.tolist() == [i for i, _ in rows]
@@ -102,7 +110,7 @@ def refusal_of(rows: list[tuple[str, str]]) -> str:
     path = write_csv(rows)
     try:
         with pytest.raises(HPAInputError) as error:
-            read_labels_csv(path)
+            read_labels_csv(path, HPA2018)
     finally:
         path.unlink()
     return str(error.value)

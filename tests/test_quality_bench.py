@@ -26,10 +26,11 @@ from benchmarks.quality.plain import PlainOptions, load_splits, train_plain
 from benchmarks.quality.record import Record, RunKey, find_records, load_record, record_path
 from benchmarks.quality.recorder import EpochPredictions
 from benchmarks.quality.report import RULES, print_report, score_run, validation_curves
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018
 from hpa.data.datamodule import HPADataModule
 from hpa.data.split import save_split
-from hpa.errors import HPAInputError
-from hpa.labels import KAGGLE_LABELS_PER_IMAGE, NUM_CLASSES
+from hpa.data.synthetic.labels import KAGGLE_LABELS_PER_IMAGE
 from hpa.models.averaging import EMAWeights
 from hpa.models.module import HPAModule
 
@@ -52,7 +53,8 @@ def test_independent_set_is_repeatable_and_read_by_hpa(independent_set: Path, tm
     other_seed = ensure_independent_set(tmp_path / "other", 16, 48, seed=4, progress=False)
     assert set(pd.read_csv(other_seed / "train.csv")["Id"]).isdisjoint(table["Id"])
 
-    datamodule = HPADataModule(independent_set, image_size=32, num_workers=0, validate="full")
+    config = {"root": independent_set, "image_size": 32, "num_workers": 0, "validate": "full"}
+    datamodule = HPADataModule.from_config(config, HPA2018)
     datamodule.setup("fit")
     assert sum(len(dataset) for dataset in datamodule.datasets.values()) == 16
     image = datamodule.datasets["train"][0]["image"]
@@ -77,7 +79,7 @@ def test_labels_follow_the_real_class_rates_and_label_counts():
 def test_every_class_pattern_draws_inside_the_cells():
     scene = Scene(96, np.random.default_rng(1))
     every_cell = np.ones(len(scene.cells), dtype=bool)
-    assert len(PATTERNS) == NUM_CLASSES
+    assert len(PATTERNS) == HPA2018.num_classes
     fields = []
     for class_id, pattern in enumerate(PATTERNS):
         field = pattern(scene, every_cell)
@@ -85,7 +87,7 @@ def test_every_class_pattern_draws_inside_the_cells():
         assert field.sum() > 1.0, class_id
         fields.append(field.ravel() / np.linalg.norm(field))
     similarity = np.array(fields) @ np.array(fields).T
-    assert np.all(similarity[~np.eye(NUM_CLASSES, dtype=bool)] < 0.995)  # no two the same
+    assert np.all(similarity[~np.eye(HPA2018.num_classes, dtype=bool)] < 0.995)  # no two the same
 
 
 def test_plain_loop_records_every_epoch(independent_set: Path, tmp_path: Path):
@@ -98,8 +100,8 @@ def test_plain_loop_records_every_epoch(independent_set: Path, tmp_path: Path):
     record = train_plain(splits, seed=0, options=options, path=tmp_path / "plain.npz")
     saved = load_record(tmp_path / "plain.npz")
     assert saved.epochs == [0, 1] and len(saved.val_loss) == 2
-    assert saved.val_probabilities[1].shape == (3, NUM_CLASSES)
-    assert saved.test_probabilities[0].shape == (3, NUM_CLASSES)
+    assert saved.val_probabilities[1].shape == (3, HPA2018.num_classes)
+    assert saved.test_probabilities[0].shape == (3, HPA2018.num_classes)
     np.testing.assert_array_equal(saved.val_probabilities[1], record.val_probabilities[1])
     np.testing.assert_array_equal(saved.val_targets, splits["val"][1].numpy())
     assert saved.meta["val_ids"] == splits["val"][2].tolist()
@@ -125,7 +127,7 @@ def test_every_hpa_variant_composes_with_its_one_difference():
 def _hand_made_record() -> Record:
     """Three epochs; val and test share their labels. Epoch index 1 separates every class
     perfectly (val F1 1), epoch 2 has the lowest val loss but predicts nothing above 0.5."""
-    targets = np.zeros((6, NUM_CLASSES), dtype=np.uint8)
+    targets = np.zeros((6, HPA2018.num_classes), dtype=np.uint8)
     targets[np.arange(6), np.arange(6)] = 1
     noise = np.random.default_rng(0).uniform(0.0, 0.3, targets.shape)
     record = Record(targets, targets.copy(), targets.mean(axis=0))
@@ -138,14 +140,16 @@ def _hand_made_record() -> Record:
 def test_report_rules_and_policies_on_a_hand_made_record(tmp_path: Path, capsys):
     record = _hand_made_record()
     curves = validation_curves(record)
-    assert curves["val_f1"][1] == pytest.approx(6 / NUM_CLASSES)  # 6 classes perfect, 22 empty
+    assert curves["val_f1"][1] == pytest.approx(
+        6 / HPA2018.num_classes
+    )  # 6 classes perfect, 22 empty
     assert RULES["val_f1"](curves) == 1
     assert RULES["val_loss"](curves) == 2
     assert RULES["last"](curves) == 2
     assert RULES["val_f1_mean3"](curves) == 0  # the ends average two epochs: 0.107, 0.071, 0.107
     key = RunKey("toy-n6-s8", 32, "plain", 0, 3)
     rows = {(row["rule"], row["policy"]): row for row in score_run(key, record)}
-    assert rows["val_f1", "0.5"]["macro_f1"] == pytest.approx(6 / NUM_CLASSES)
+    assert rows["val_f1", "0.5"]["macro_f1"] == pytest.approx(6 / HPA2018.num_classes)
     assert rows["val_f1", "0.5"]["epoch"] == 2  # 1-based
     assert rows["val_f1", "tuned"]["samples_f1"] == pytest.approx(1.0)
     assert rows["val_loss", "0.5"]["samples_f1"] == 0.0  # nothing above 0.5, no fallback

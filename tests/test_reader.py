@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import CHANNELS, HPA2018, HPA2021
 from hpa.data.reader import (
     find_channel_file,
     read_channel,
@@ -16,9 +18,8 @@ from hpa.data.reader import (
     read_sample,
     tint,
 )
+from hpa.data.synthetic.labels import KAGGLE_CLASS_COUNTS, KAGGLE_LABELS_PER_IMAGE
 from hpa.data.validate import checked_samples, find_problems
-from hpa.errors import HPAInputError
-from hpa.labels import CHANNELS, KAGGLE_CLASS_COUNTS, KAGGLE_LABELS_PER_IMAGE, NUM_CLASSES
 
 
 def smooth_image(height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:
@@ -355,12 +356,12 @@ def test_colour_file_of_unknown_stain_is_refused(tmp_path: Path) -> None:
 
 
 def test_real_train_csv(real_train_csv: Path) -> None:
-    ids, labels = read_labels_csv(real_train_csv)
+    ids, labels = read_labels_csv(real_train_csv, HPA2018)
     assert ids.shape == (31_072,) and ids.dtype.kind in "UO"
-    assert labels.shape == (31_072, NUM_CLASSES) and labels.dtype == np.uint8
+    assert labels.shape == (31_072, HPA2018.num_classes) and labels.dtype == np.uint8
     assert len(set(ids.tolist())) == 31_072
     assert ids[0] == "00070df0-bbc3-11e8-b2bc-ac1f6b6435d0"
-    np.testing.assert_array_equal(labels[0], np.isin(np.arange(NUM_CLASSES), [16, 0]))
+    np.testing.assert_array_equal(labels[0], np.isin(np.arange(HPA2018.num_classes), [16, 0]))
     assert tuple(labels.sum(axis=0).tolist()) == KAGGLE_CLASS_COUNTS
     labels_per_image = np.bincount(labels.sum(axis=1))
     assert {k: int(v) for k, v in enumerate(labels_per_image) if v} == KAGGLE_LABELS_PER_IMAGE
@@ -369,7 +370,7 @@ def test_real_train_csv(real_train_csv: Path) -> None:
 def test_real_sample_submission_ids(shared_data_dir: Path, real_train_csv: Path) -> None:
     test_ids = read_ids_csv(shared_data_dir / "sample_submission.csv")
     assert test_ids.shape == (11_702,) and len(set(test_ids.tolist())) == 11_702
-    train_ids, _ = read_labels_csv(real_train_csv)
+    train_ids, _ = read_labels_csv(real_train_csv, HPA2018)
     assert not set(test_ids.tolist()) & set(train_ids.tolist())
 
 
@@ -392,7 +393,7 @@ def test_labels_csv_errors_name_the_file_and_line(tmp_path: Path, case: str) -> 
     content, problem, line = LABEL_CSV_ERRORS[case]
     path = write_text(tmp_path / "labels.csv", content)
     with pytest.raises(HPAInputError, match=problem) as error:
-        read_labels_csv(path)
+        read_labels_csv(path, HPA2018)
     message = str(error.value)
     assert str(path) in message
     if line is not None:
@@ -402,21 +403,21 @@ def test_labels_csv_errors_name_the_file_and_line(tmp_path: Path, case: str) -> 
 def test_labels_csv_duplicate_ids_name_both_lines(tmp_path: Path) -> None:
     path = write_text(tmp_path / "labels.csv", "Id,Target\na,0\nb,1\nc,2\na,3\nb,4\n")
     with pytest.raises(HPAInputError, match="duplicate Id 'a'") as error:
-        read_labels_csv(path)
+        read_labels_csv(path, HPA2018)
     assert str(path) in str(error.value) and "lines 2 and 5" in str(error.value)
     assert "2 repeated" in str(error.value)
 
 
 def test_missing_labels_csv_is_named(tmp_path: Path) -> None:
     with pytest.raises(HPAInputError, match="not found") as error:
-        read_labels_csv(tmp_path / "train.csv")
+        read_labels_csv(tmp_path / "train.csv", HPA2018)
     assert str(tmp_path / "train.csv") in str(error.value)
 
 
 def test_labels_csv_reads_targets_as_strings(tmp_path: Path) -> None:
     # keep_default_na=False: an Id such as "NA" stays a string; extra columns are ignored.
     path = write_text(tmp_path / "labels.csv", "Id,Target,Note\nNA,0 27,x\n007,5,\n")
-    ids, labels = read_labels_csv(path)
+    ids, labels = read_labels_csv(path, HPA2018)
     assert ids.tolist() == ["NA", "007"]
     assert np.flatnonzero(labels[0]).tolist() == [0, 27] and np.flatnonzero(labels[1]).tolist() == [
         5
@@ -433,3 +434,31 @@ def test_ids_csv_errors(tmp_path: Path) -> None:
         read_ids_csv(duplicate)
     assert str(duplicate) in str(error.value)
     assert read_ids_csv(write_text(tmp_path / "ok.csv", "Id\nx\ny\n")).tolist() == ["x", "y"]
+    two_thousand_21 = write_text(tmp_path / "2021.csv", "ID,Predicted\nx,0\n")
+    assert read_ids_csv(two_thousand_21, id_column="ID").tolist() == ["x"]
+
+
+def test_labels_csv_reads_the_columns_and_separator_of_the_label_set(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "train.csv", "ID,Label\na,0|16\nb,18\nc,5|5\n")
+    ids, labels = read_labels_csv(path, HPA2021)
+    assert ids.tolist() == ["a", "b", "c"]
+    assert labels.shape == (3, 19) and labels.dtype == np.uint8
+    assert [np.flatnonzero(row).tolist() for row in labels] == [[0, 16], [18], [5]]
+    with pytest.raises(HPAInputError, match="missing column.*ID, Label") as error:
+        read_labels_csv(path, HPA2018)
+    assert str(path) in str(error.value) and "line 1" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "content, line",
+    [("ID,Label\na,0\nb,0|19\n", 3), ("ID,Label\na,19\n", 2), ("ID,Label\na,0 1\n", 2)],
+)
+def test_a_label_outside_the_label_set_is_refused_naming_the_file_and_line(
+    tmp_path: Path, content: str, line: int
+) -> None:
+    path = write_text(tmp_path / "train.csv", content)
+    with pytest.raises(HPAInputError) as error:
+        read_labels_csv(path, HPA2021)
+    message = str(error.value)
+    assert str(path) in message and f"line {line}" in message, message
+    assert "outside 0..18" in message or "not an integer" in message, message

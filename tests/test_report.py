@@ -14,13 +14,13 @@ from cli import SMALL_SYNTHETIC_SET, run_module
 from PIL import Image
 
 from hpa import report
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018
+from hpa.core.metric_names import TRAIN_LOSS, VAL_F1_MACRO, VAL_F1_SAMPLES, VAL_LOSS
+from hpa.core.run_dir import RunDir
 from hpa.data.reader import read_sample
-from hpa.errors import HPAInputError
-from hpa.evaluation import run_report
-from hpa.evaluation.metrics import TRAIN_LOSS, VAL_F1_MACRO, VAL_F1_SAMPLES, VAL_LOSS
-from hpa.labels import CLASS_NAMES
 from hpa.plots import figures
-from hpa.run.run_dir import RunDir
+from hpa.run import reporting as run_report
 
 EPOCHS = 2
 
@@ -124,7 +124,7 @@ def test_a_moved_data_root_counts_the_test_split_only(
 
 def test_class_activation_maps_of_the_best_checkpoint(trained_run: Path):
     from hpa.integrations import cam
-    from hpa.run.checkpoints import load_module
+    from hpa.models.checkpoints import load_module
 
     run = RunDir(trained_run)
     figure = run_report.class_activation_maps_figure(run, run_report.run_data_root(run))
@@ -138,7 +138,7 @@ def test_class_activation_maps_of_the_best_checkpoint(trained_run: Path):
     for row, sample_id, class_ids in zip(rows, shown, predicted, strict=True):
         assert row[0].get_title().startswith(sample_id[:13])
         drawn = [axes.get_title().split("\n")[0] for axes in row[1:] if axes.get_title()]
-        assert drawn == [CLASS_NAMES[i] for i in class_ids[: len(row) - 1]]
+        assert drawn == [HPA2018.class_names[i] for i in class_ids[: len(row) - 1]]
         if len(class_ids) > len(row) - 1:
             assert f"+{len(class_ids) - len(row) + 1} more classes" in row[0].get_title()
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,8 @@ from cli import CONF_DIR
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018, HPA2021
 from hpa.data.datamodule import HPADataModule
 from hpa.data.sampler import (
     OversamplingSampler,
@@ -16,10 +20,10 @@ from hpa.data.sampler import (
     frequency_table,
     image_weights,
 )
-from hpa.errors import HPAInputError
-from hpa.labels import CLASS_NAMES, KAGGLE_CLASS_COUNTS, NUM_CLASSES, SEED_MINORITY_CLASSES
+from hpa.data.synthetic.labels import KAGGLE_CLASS_COUNTS
 
-MINORITY = list(SEED_MINORITY_CLASSES)
+NUM_CLASSES = HPA2018.num_classes
+MINORITY = list(HPA2018.minority_classes)
 
 
 @pytest.fixture(scope="module")
@@ -29,43 +33,47 @@ def labels(real_train_labels: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def default_weights(labels: np.ndarray) -> np.ndarray:
-    return image_weights(labels, class_weights(labels.sum(axis=0)))
+    return image_weights(labels, class_weights(HPA2018, labels.sum(axis=0)))
 
 
 def test_minority_strategy_boosts_only_the_listed_classes() -> None:
-    weights = class_weights(KAGGLE_CLASS_COUNTS)
+    weights = class_weights(HPA2018, KAGGLE_CLASS_COUNTS)
     assert weights.shape == (NUM_CLASSES,)
     assert (weights[MINORITY] == 8.0).all()
     assert (np.delete(weights, MINORITY) == 1.0).all()
-    custom = class_weights(KAGGLE_CLASS_COUNTS, minority_classes=[3], boost=2.5)
+    custom = class_weights(HPA2018, KAGGLE_CLASS_COUNTS, minority_classes=[3], boost=2.5)
     np.testing.assert_array_equal(custom, np.where(np.arange(NUM_CLASSES) == 3, 2.5, 1.0))
 
 
 def test_inverse_frequency_strategy() -> None:
     counts = np.full(NUM_CLASSES, 100)
     counts[0], counts[1], counts[2], counts[3] = 400, 1, 0, 25
-    weights = class_weights(counts, strategy="inverse_frequency", power=0.5, max_weight=10.0)
+    weights = class_weights(
+        HPA2018, counts, strategy="inverse_frequency", power=0.5, max_weight=10.0
+    )
     assert weights[0] == 1.0  # the most frequent class
     assert weights[4] == pytest.approx(2.0)  # sqrt(400 / 100)
     assert weights[3] == pytest.approx(4.0)  # sqrt(400 / 25)
     assert weights[1] == 10.0  # sqrt(400) = 20, clipped
     assert weights[2] == 1.0  # no images
-    linear = class_weights(KAGGLE_CLASS_COUNTS, strategy="inverse_frequency", power=1.0)
+    linear = class_weights(HPA2018, KAGGLE_CLASS_COUNTS, strategy="inverse_frequency", power=1.0)
     assert linear[27] == 50.0 and linear[0] == 1.0
     assert linear[25] == pytest.approx(12885 / 8228)
 
 
 def test_bad_strategy_settings_are_refused() -> None:
     with pytest.raises(HPAInputError, match="strategy"):
-        class_weights(KAGGLE_CLASS_COUNTS, strategy="balanced")
+        class_weights(HPA2018, KAGGLE_CLASS_COUNTS, strategy="balanced")
     with pytest.raises(HPAInputError, match="boost"):
-        class_weights(KAGGLE_CLASS_COUNTS, boost=0)
-    with pytest.raises(HPAInputError, match="minority class"):
-        class_weights(KAGGLE_CLASS_COUNTS, minority_classes=[28])
+        class_weights(HPA2018, KAGGLE_CLASS_COUNTS, boost=0)
+    with pytest.raises(HPAInputError, match=r"minority_classes: class ids \[28\] are outside"):
+        class_weights(HPA2018, KAGGLE_CLASS_COUNTS, minority_classes=[28])
+    with pytest.raises(HPAInputError, match="19 non-negative numbers"):
+        class_weights(HPA2021, KAGGLE_CLASS_COUNTS, strategy="inverse_frequency")
 
 
 def test_image_weight_is_the_max_of_its_class_weights(labels: np.ndarray) -> None:
-    weights_of_classes = class_weights(labels.sum(axis=0), strategy="inverse_frequency")
+    weights_of_classes = class_weights(HPA2018, labels.sum(axis=0), strategy="inverse_frequency")
     weights = image_weights(labels, weights_of_classes)
     assert weights.shape == (len(labels),)
     for row in range(0, len(labels), 7):  # every 7th image, checked one by one
@@ -148,13 +156,13 @@ def test_sampler_refuses_bad_weights(weights: list[float]) -> None:
 def test_frequency_table_reports_before_and_after(
     labels: np.ndarray, default_weights: np.ndarray
 ) -> None:
-    rows = frequency_rows(labels, default_weights)
-    assert [row.name for row in rows] == list(CLASS_NAMES)
+    rows = frequency_rows(HPA2018, labels, default_weights)
+    assert [row.name for row in rows] == list(HPA2018.class_names)
     assert rows[27].num_images == 11
     assert rows[27].weighted / rows[27].uniform == pytest.approx(
         expected_class_frequency(labels, default_weights)[27] / (11 / len(labels))
     )
-    table = frequency_table(labels, default_weights)
+    table = frequency_table(HPA2018, labels, default_weights)
     lines = table.splitlines()
     assert len(lines) == NUM_CLASSES + 1
     assert "Rods & rings" in lines[28] and "0.04%" in lines[28]
@@ -201,7 +209,9 @@ def test_tuned_recipe_lifts_every_class_rarer_than_a_thousand_images(labels: np.
     sampler = recipe.data.sampler
     assert recipe.data.oversample and sampler.strategy == "inverse_frequency"
     counts = labels.sum(axis=0)
-    weights = image_weights(labels, class_weights(counts, sampler.strategy, power=sampler.power))
+    weights = image_weights(
+        labels, class_weights(HPA2018, counts, sampler.strategy, power=sampler.power)
+    )
     factor = expected_class_frequency(labels, weights) / labels.mean(axis=0)
     assert (factor[counts < 1000] > 1.25).all(), factor[counts < 1000]
     assert 1.75 < factor[MINORITY].min() and factor[MINORITY].max() < 3.8  # boost 8: ~7.2
@@ -221,4 +231,30 @@ def test_sampler_refuses_unknown_draws_and_a_length_for_repeat_draws() -> None:
 
 def test_datamodule_refuses_unknown_draws_before_reading_data() -> None:
     with pytest.raises(HPAInputError, match=r"data.sampler.draws .* 'bootstrap'"):
-        HPADataModule("/nowhere", oversample=True, sampler={"draws": "bootstrap"})
+        HPADataModule.from_config(
+            {"root": "/nowhere", "oversample": True, "sampler": {"draws": "bootstrap"}}, HPA2018
+        )
+
+
+def test_minority_classes_default_to_the_label_sets_own() -> None:
+    counts = np.ones(HPA2018.num_classes)
+    np.testing.assert_array_equal(
+        class_weights(HPA2018, counts), class_weights(HPA2018, counts, minority_classes=MINORITY)
+    )
+    named = replace(HPA2021, minority_classes=(11, 15))
+    weights = class_weights(named, np.ones(19), boost=4.0)
+    assert weights.tolist() == [4.0 if c in (11, 15) else 1.0 for c in range(19)]
+    # an explicit list, even an empty one, wins over the label set's
+    assert (class_weights(HPA2018, counts, minority_classes=[]) == 1.0).all()
+
+
+def test_frequency_table_names_the_classes_of_the_label_set() -> None:
+    labels = np.zeros((4, 19), dtype=np.uint8)
+    labels[:, 18] = 1
+    labels[0, 17] = 1
+    rows = frequency_rows(HPA2021, labels, np.ones(4))
+    assert [row.name for row in rows] == list(HPA2021.class_names)
+    assert rows[18].num_images == 4 and rows[17].num_images == 1
+    assert "Vesicles and punctate cytosolic patterns" in frequency_table(
+        HPA2021, labels, np.ones(4)
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cli import SMALL_SYNTHETIC_SET, run_module
 
-from hpa.secrets import REDACTED, redact
+from hpa.core.secrets import REDACTED, redact
 
 SECRETS = {
     "WANDB_API_KEY": "wandbsecret0123456789abcdef0123456789abcd",

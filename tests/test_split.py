@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hpa.core.errors import HPAInputError
 from hpa.data.split import SPLITS, kfold_split, load_split, save_split, train_val_test_split
-from hpa.errors import HPAInputError
 
 TARGET_SHARES = {"train": 0.70, "val": 0.15, "test": 0.15}
 NUM_FOLDS = 5

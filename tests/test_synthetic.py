@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import CHANNELS, HPA2018
 from hpa.data.synthetic import (
     COMPARTMENTS,
     MANIFEST_NAME,
@@ -25,16 +27,13 @@ from hpa.data.synthetic import (
     render_sample_with_compartments,
     sample_labels,
 )
-from hpa.errors import HPAInputError
-from hpa.labels import (
-    CHANNELS,
-    CLASS_NAMES,
+from hpa.data.synthetic.labels import (
     KAGGLE_CLASS_COUNTS,
     KAGGLE_LABELS_PER_IMAGE,
-    NUM_CLASSES,
     NUM_KAGGLE_TRAIN_IMAGES,
-    parse_target,
 )
+
+CLASS_NAMES, NUM_CLASSES = HPA2018.class_names, HPA2018.num_classes  # synthetic sets are 2018's
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_TEST, SIZE = 40, 5, 64
@@ -78,7 +77,7 @@ def test_train_csv_lists_every_image_with_a_valid_target(small_set: Path) -> Non
     assert len(set(ids)) == NUM_TRAIN
     for sample_id, target in rows:
         assert str(uuid.UUID(sample_id)) == sample_id
-        vector = parse_target(target)
+        vector = HPA2018.parse(target)
         assert vector.sum() >= 1
         assert target == " ".join(str(i) for i in np.flatnonzero(vector))  # ascending, no repeats
 
@@ -109,7 +108,7 @@ def test_test_split_has_a_kaggle_sample_submission_and_hidden_labels(small_set: 
     assert [row[1] for row in submission] == ["0"] * NUM_TEST
     assert [row[0] for row in submission] == [row[0] for row in labels]
     for _, target in labels:
-        assert parse_target(target).sum() >= 1
+        assert HPA2018.parse(target).sum() >= 1
     _, train_rows = read_csv(small_set / "train.csv")
     assert not {row[0] for row in labels} & {row[0] for row in train_rows}
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018, HPA2021
+from hpa.core.thresholds_file import load_thresholds, save_thresholds
 from hpa.evaluation.thresholds import (
     DEFAULT_CANDIDATES,
     POLICIES,
@@ -18,15 +20,12 @@ from hpa.evaluation.thresholds import (
     decision_thresholds,
     fold_averaged_thresholds,
     global_threshold,
-    load_thresholds,
     min_positives_thresholds,
     policy_parameters,
     rate_matched_thresholds,
-    save_thresholds,
     search_thresholds,
     shrunk_thresholds,
 )
-from hpa.labels import NUM_CLASSES
 
 
 def _separable(rng: np.random.Generator, n: int = 400) -> tuple[np.ndarray, np.ndarray, list]:
@@ -36,11 +35,11 @@ def _separable(rng: np.random.Generator, n: int = 400) -> tuple[np.ndarray, np.n
     between grid points (x.xx5) and straddle 0.5 for some classes. Returns probabilities,
     targets and the (low, high) band of each class.
     """
-    targets = (rng.random((n, NUM_CLASSES)) < 0.3).astype(np.uint8)
+    targets = (rng.random((n, HPA2018.num_classes)) < 0.3).astype(np.uint8)
     targets[0], targets[1] = 0, 1
     bands = []
-    probabilities = np.empty((n, NUM_CLASSES))
-    for k in range(NUM_CLASSES):
+    probabilities = np.empty((n, HPA2018.num_classes))
+    for k in range(HPA2018.num_classes):
         low = 0.105 + 0.025 * k
         high = low + 0.15
         bands.append((low, high))
@@ -55,7 +54,7 @@ def test_separable_classes_get_a_threshold_in_the_optimal_band_with_f1_one():
     rng = np.random.default_rng(0)
     probabilities, targets, bands = _separable(rng)
     thresholds = search_thresholds(probabilities, targets)
-    assert thresholds.shape == (NUM_CLASSES,)
+    assert thresholds.shape == (HPA2018.num_classes,)
     for k, (low, high) in enumerate(bands):
         assert low <= thresholds[k] < high, (k, thresholds[k], low, high)
         optimal = DEFAULT_CANDIDATES[(DEFAULT_CANDIDATES >= low) & (DEFAULT_CANDIDATES < high)]
@@ -67,8 +66,8 @@ def test_separable_classes_get_a_threshold_in_the_optimal_band_with_f1_one():
 
 
 def test_ties_go_to_the_candidate_closest_to_one_half():
-    probabilities = np.zeros((4, NUM_CLASSES))
-    targets = np.zeros((4, NUM_CLASSES), dtype=np.uint8)
+    probabilities = np.zeros((4, HPA2018.num_classes))
+    targets = np.zeros((4, HPA2018.num_classes), dtype=np.uint8)
     # Class 0: negatives at 0.1, positives at 0.9 -> every threshold in [0.1, 0.9) is optimal.
     probabilities[:, 0] = [0.1, 0.1, 0.9, 0.9]
     targets[:, 0] = [0, 0, 1, 1]
@@ -85,8 +84,8 @@ def test_ties_go_to_the_candidate_closest_to_one_half():
 
 
 def test_equidistant_ties_take_the_lower_candidate():
-    probabilities = np.zeros((2, NUM_CLASSES))
-    targets = np.zeros((2, NUM_CLASSES), dtype=np.uint8)
+    probabilities = np.zeros((2, HPA2018.num_classes))
+    targets = np.zeros((2, HPA2018.num_classes), dtype=np.uint8)
     probabilities[:, 0] = [0.2, 0.8]
     targets[:, 0] = [0, 1]
     thresholds = search_thresholds(probabilities, targets, candidates=np.array([0.6, 0.4]))
@@ -102,7 +101,7 @@ def test_classes_without_enough_positives_get_the_fallback():
     thresholds = search_thresholds(probabilities, targets, fallback=0.37, min_positives=3)
     assert thresholds[3] == 0.37
     assert thresholds[5] == 0.37
-    tuned = np.delete(np.arange(NUM_CLASSES), [3, 5])
+    tuned = np.delete(np.arange(HPA2018.num_classes), [3, 5])
     assert np.all(thresholds[tuned] != 0.37)
     # Default min_positives=1: only the absent class falls back.
     default = search_thresholds(probabilities, targets)
@@ -114,11 +113,11 @@ def test_classes_without_enough_positives_get_the_fallback():
 def test_tuned_thresholds_beat_one_half_on_noisy_data():
     rng = np.random.default_rng(2)
     n = 1500
-    rates = np.linspace(0.02, 0.4, NUM_CLASSES)
-    targets = (rng.random((n, NUM_CLASSES)) < rates).astype(np.uint8)
+    rates = np.linspace(0.02, 0.4, HPA2018.num_classes)
+    targets = (rng.random((n, HPA2018.num_classes)) < rates).astype(np.uint8)
     # Badly calibrated scores: positives centred at a class-dependent, often low, value.
-    centres = np.linspace(0.2, 0.8, NUM_CLASSES)
-    logits = rng.normal(0, 1, (n, NUM_CLASSES)) + 2.0 * targets + (centres - 0.5) * 4 - 1.0
+    centres = np.linspace(0.2, 0.8, HPA2018.num_classes)
+    logits = rng.normal(0, 1, (n, HPA2018.num_classes)) + 2.0 * targets + (centres - 0.5) * 4 - 1.0
     probabilities = 1 / (1 + np.exp(-logits))
     thresholds = search_thresholds(probabilities, targets)
     tuned = f1_score(targets, binarize(probabilities, thresholds, False), average="macro")
@@ -137,8 +136,8 @@ def test_tuned_thresholds_beat_one_half_on_noisy_data():
 
 def test_search_is_fast_on_5000_images():
     rng = np.random.default_rng(3)
-    probabilities = rng.random((5000, NUM_CLASSES))
-    targets = (rng.random((5000, NUM_CLASSES)) < 0.1).astype(np.uint8)
+    probabilities = rng.random((5000, HPA2018.num_classes))
+    targets = (rng.random((5000, HPA2018.num_classes)) < 0.1).astype(np.uint8)
     start = time.perf_counter()
     thresholds = search_thresholds(probabilities, targets)
     assert time.perf_counter() - start < 5.0
@@ -146,20 +145,25 @@ def test_search_is_fast_on_5000_images():
 
 
 def test_search_rejects_bad_shapes_and_candidates():
+    # any number of classes is a label set's; a matrix without classes or rows of classes is not
     with pytest.raises(ValueError):
-        search_thresholds(np.zeros((3, 5)), np.zeros((3, 5)))
+        search_thresholds(np.zeros(5), np.zeros(5))
     with pytest.raises(ValueError):
-        search_thresholds(np.zeros((3, NUM_CLASSES)), np.zeros((4, NUM_CLASSES)))
+        search_thresholds(np.zeros((3, 0)), np.zeros((3, 0)))
     with pytest.raises(ValueError):
-        search_thresholds(np.zeros((3, NUM_CLASSES)), np.zeros((3, NUM_CLASSES)), np.array([1.5]))
+        search_thresholds(np.zeros((3, HPA2018.num_classes)), np.zeros((4, HPA2018.num_classes)))
+    with pytest.raises(ValueError):
+        search_thresholds(
+            np.zeros((3, HPA2018.num_classes)), np.zeros((3, HPA2018.num_classes)), np.array([1.5])
+        )
 
 
 def test_binarize_thresholds_and_ensures_one_label():
-    probabilities = np.full((3, NUM_CLASSES), 0.1)
+    probabilities = np.full((3, HPA2018.num_classes), 0.1)
     probabilities[0, 4] = 0.9
     probabilities[1, 7] = 0.3  # below every threshold, but the most probable class of row 1
     probabilities[2, 2] = 0.45
-    thresholds = np.full(NUM_CLASSES, 0.5)
+    thresholds = np.full(HPA2018.num_classes, 0.5)
     thresholds[2] = 0.4
     strict = binarize(probabilities, thresholds, ensure_one_label=False)
     assert strict.dtype == np.uint8
@@ -170,16 +174,16 @@ def test_binarize_thresholds_and_ensures_one_label():
     assert filled[1, 7] == 1
     np.testing.assert_array_equal(np.delete(filled, 1, axis=0), np.delete(strict, 1, axis=0))
     # Strictly above: a probability equal to its threshold is not predicted.
-    assert binarize(np.full((1, NUM_CLASSES), 0.5), 0.5, ensure_one_label=False).sum() == 0
+    assert binarize(np.full((1, HPA2018.num_classes), 0.5), 0.5, ensure_one_label=False).sum() == 0
     with pytest.raises(ValueError):
         binarize(probabilities, np.full(5, 0.5))
 
 
 def test_save_load_round_trip(tmp_path):
-    thresholds = np.linspace(0.05, 0.95, NUM_CLASSES)
+    thresholds = np.linspace(0.05, 0.95, HPA2018.num_classes)
     path = tmp_path / "sub" / "thresholds.json"
-    save_thresholds(path, thresholds)
-    np.testing.assert_array_equal(load_thresholds(path), thresholds)
+    save_thresholds(path, thresholds, HPA2018)
+    np.testing.assert_array_equal(load_thresholds(path, HPA2018), thresholds)
     data = json.loads(path.read_text())
     assert data["class_names"]["0"] == "Nucleoplasm"
     assert data["thresholds"]["27"] == pytest.approx(0.95)
@@ -191,11 +195,15 @@ def test_save_load_round_trip(tmp_path):
     [
         "not json",
         "[]",
-        json.dumps({"thresholds": {str(i): 0.5 for i in range(NUM_CLASSES - 1)}}),
-        json.dumps({"thresholds": {**{str(i): 0.5 for i in range(NUM_CLASSES)}, "3": 1.5}}),
-        json.dumps({"thresholds": {**{str(i): 0.5 for i in range(NUM_CLASSES)}, "3": "0.5"}}),
-        json.dumps({"thresholds": {**{str(i): 0.5 for i in range(NUM_CLASSES)}, "3": None}}),
-        json.dumps({"thresholds": {str(i): 0.5 for i in range(NUM_CLASSES)}}).replace(
+        json.dumps({"thresholds": {str(i): 0.5 for i in range(HPA2018.num_classes - 1)}}),
+        json.dumps({"thresholds": {**{str(i): 0.5 for i in range(HPA2018.num_classes)}, "3": 1.5}}),
+        json.dumps(
+            {"thresholds": {**{str(i): 0.5 for i in range(HPA2018.num_classes)}, "3": "0.5"}}
+        ),
+        json.dumps(
+            {"thresholds": {**{str(i): 0.5 for i in range(HPA2018.num_classes)}, "3": None}}
+        ),
+        json.dumps({"thresholds": {str(i): 0.5 for i in range(HPA2018.num_classes)}}).replace(
             "0.5}", "NaN}"
         ),
     ],
@@ -204,16 +212,27 @@ def test_load_rejects_bad_files_naming_them(tmp_path, content):
     path = tmp_path / "bad_thresholds.json"
     path.write_text(content)
     with pytest.raises(HPAInputError, match="bad_thresholds.json"):
-        load_thresholds(path)
+        load_thresholds(path, HPA2018)
+
+
+def test_thresholds_of_one_label_set_are_refused_for_another(tmp_path):
+    path = tmp_path / "thresholds.json"
+    save_thresholds(path, np.full(HPA2018.num_classes, 0.3), HPA2018)
+    with pytest.raises(HPAInputError, match="keys"):
+        load_thresholds(path, HPA2021)
+    renamed = HPA2018.__class__(name="renamed", class_names=[f"c{i}" for i in range(28)])
+    with pytest.raises(HPAInputError, match="class names are not those of the label set renamed"):
+        load_thresholds(path, renamed)
+    np.testing.assert_array_equal(load_thresholds(path), np.full(HPA2018.num_classes, 0.3))
 
 
 def test_load_missing_file_and_save_invalid(tmp_path):
     with pytest.raises(HPAInputError, match="missing.json"):
-        load_thresholds(tmp_path / "missing.json")
+        load_thresholds(tmp_path / "missing.json", HPA2018)
     with pytest.raises(HPAInputError):
-        save_thresholds(tmp_path / "t.json", np.full(NUM_CLASSES, np.inf))
+        save_thresholds(tmp_path / "t.json", np.full(HPA2018.num_classes, np.inf), HPA2018)
     with pytest.raises(HPAInputError):
-        save_thresholds(tmp_path / "t.json", np.full(3, 0.5))
+        save_thresholds(tmp_path / "t.json", np.full(3, 0.5), HPA2018)
     assert not (tmp_path / "t.json").exists()
 
 
@@ -225,8 +244,8 @@ def _two_class_case() -> tuple[np.ndarray, np.ndarray]:
     One threshold for all: in [0.1, 0.3) class 0 scores 1 and class 1 (all four predicted) 2/3;
     in [0.3, 0.6) 0 and 2/3; in [0.6, 0.8) 0 and 1; so the global threshold is 0.29.
     """
-    probabilities = np.full((4, NUM_CLASSES), 0.05)
-    targets = np.zeros((4, NUM_CLASSES), dtype=np.uint8)
+    probabilities = np.full((4, HPA2018.num_classes), 0.05)
+    targets = np.zeros((4, HPA2018.num_classes), dtype=np.uint8)
     probabilities[:, 0] = [0.1, 0.1, 0.3, 0.3]
     probabilities[:, 1] = [0.6, 0.6, 0.8, 0.8]
     targets[:, 0] = targets[:, 1] = [0, 0, 1, 1]
@@ -264,8 +283,8 @@ def test_min_positives_gives_rare_classes_the_global_threshold():
 
 
 def test_rate_matching_predicts_the_train_rate_of_each_class():
-    probabilities = np.tile(np.linspace(0.1, 1.0, 10)[:, None], (1, NUM_CLASSES))
-    rates = np.full(NUM_CLASSES, 0.3)
+    probabilities = np.tile(np.linspace(0.1, 1.0, 10)[:, None], (1, HPA2018.num_classes))
+    rates = np.full(HPA2018.num_classes, 0.3)
     rates[1], rates[2], rates[3], rates[4] = 0.0, 1.0, 0.04, 0.06  # 0, 10, 0.4 -> 0, 0.6 -> 1 rows
     thresholds = rate_matched_thresholds(probabilities, rates)
     assert thresholds[0] == pytest.approx(0.75)  # 3 rows above: 0.8, 0.9, 1.0
@@ -279,7 +298,7 @@ def test_rate_matching_predicts_the_train_rate_of_each_class():
     tied[:, 0] = [0.2] * 5 + [0.9] * 5
     assert binarize(tied, rate_matched_thresholds(tied, rates), False)[:, 0].sum() == 5
     with pytest.raises(ValueError):
-        rate_matched_thresholds(probabilities, np.full(NUM_CLASSES, 1.5))
+        rate_matched_thresholds(probabilities, np.full(HPA2018.num_classes, 1.5))
 
 
 def test_fold_averaged_thresholds_average_the_searches_without_each_fold():
@@ -288,8 +307,8 @@ def test_fold_averaged_thresholds_average_the_searches_without_each_fold():
     # positive) the F1-maximising band is [0.3, 0.6), whose candidate closest to 0.5 is 0.5;
     # on rows 2, 3 (0.1 negative, 0.2 positive) the band is [0.1, 0.2), on the 0.05 grid 0.15.
     # The average is 0.325.
-    probabilities = np.full((4, NUM_CLASSES), 0.05)
-    targets = np.zeros((4, NUM_CLASSES), dtype=np.uint8)
+    probabilities = np.full((4, HPA2018.num_classes), 0.05)
+    targets = np.zeros((4, HPA2018.num_classes), dtype=np.uint8)
     probabilities[:, 0] = [0.3, 0.6, 0.1, 0.2]
     targets[:, 0] = [0, 1, 0, 1]
     assert (np.random.default_rng(0).permutation(4) % 2).tolist() in ([0, 0, 1, 1], [1, 1, 0, 0])
@@ -307,23 +326,23 @@ def test_fold_averaged_thresholds_average_the_searches_without_each_fold():
 
 
 def test_average_thresholds_is_the_class_wise_mean():
-    first, second = np.full(NUM_CLASSES, 0.2), np.linspace(0.1, 0.9, NUM_CLASSES)
+    first, second = np.full(HPA2018.num_classes, 0.2), np.linspace(0.1, 0.9, HPA2018.num_classes)
     np.testing.assert_allclose(average_thresholds([first, second]), (first + second) / 2)
     np.testing.assert_array_equal(average_thresholds([second]), second)
     with pytest.raises(ValueError):
         average_thresholds([])
     with pytest.raises(ValueError):
-        average_thresholds([np.full(5, 0.5)])
+        average_thresholds([np.full(5, 0.5), np.full(6, 0.5)])  # vectors of two lengths
 
 
 def test_decision_thresholds_dispatches_each_policy():
     rng = np.random.default_rng(4)
     probabilities, targets, _ = _separable(rng, n=100)
-    rates = np.linspace(0.01, 0.5, NUM_CLASSES)
+    rates = np.linspace(0.01, 0.5, HPA2018.num_classes)
     assert POLICIES == ("fixed", "tuned", "rate", "shrunk", "min_positives", "folds")
     np.testing.assert_array_equal(
         decision_thresholds("fixed", probabilities, targets, threshold=0.4),
-        np.full(NUM_CLASSES, 0.4),
+        np.full(HPA2018.num_classes, 0.4),
     )
     targets[:, 3] = 0  # a class without positives falls back to `threshold`, as hpa.train does
     tuned = decision_thresholds("tuned", probabilities, targets, threshold=0.45)
@@ -349,7 +368,9 @@ def test_decision_thresholds_rejects_unknown_policies_and_parameters():
     with pytest.raises(HPAInputError, match="unknown threshold policy 'best'.*fixed, tuned"):
         decision_thresholds("best", probabilities, targets)
     with pytest.raises(HPAInputError, match="'rate' takes no parameters, not threshold"):
-        decision_thresholds("rate", probabilities, targets, np.zeros(NUM_CLASSES), threshold=0.5)
+        decision_thresholds(
+            "rate", probabilities, targets, np.zeros(HPA2018.num_classes), threshold=0.5
+        )
     with pytest.raises(HPAInputError, match="min_positives, candidates, not minimum"):
         decision_thresholds("min_positives", probabilities, targets, minimum=3)
     with pytest.raises(ValueError, match="needs train_label_rate"):

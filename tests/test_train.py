@@ -12,11 +12,11 @@ import pytest
 import torch
 from cli import SMALL_SYNTHETIC_SET, run_module
 
+from hpa.core.labels import HPA2018
+from hpa.core.metric_names import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
+from hpa.core.thresholds_file import load_thresholds
 from hpa.data.datamodule import HPADataModule
 from hpa.data.synthetic import generate_dataset
-from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
-from hpa.evaluation.thresholds import load_thresholds
-from hpa.labels import CLASS_NAMES
 
 
 def run_train(
@@ -47,10 +47,10 @@ def test_debug_fast_run_writes_every_artifact(tmp_path: Path):
         assert isinstance(final[name], float) and 0.0 <= final[name] <= 1.0
 
     predictions = pd.read_csv(run_dir / "test_predictions.csv", keep_default_na=False)
-    assert list(predictions.columns) == ["Id", *CLASS_NAMES, "Target"]
+    assert list(predictions.columns) == ["Id", *HPA2018.class_names, "Target"]
     test_ids = set(split.loc[split["split"] == "test", "Id"])
     assert set(predictions["Id"]) <= test_ids and len(predictions) > 0
-    probabilities = predictions[list(CLASS_NAMES)].to_numpy()
+    probabilities = predictions[list(HPA2018.class_names)].to_numpy()
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
 
     checkpoint = torch.load(
@@ -134,10 +134,8 @@ def test_a_data_root_that_is_not_a_synthetic_set_is_refused_with_data_synthetic(
 def test_a_synthetic_set_written_by_hand_is_read_where_it_is(tmp_path: Path):
     own_set = tmp_path / "own"
     generate_dataset(own_set, num_images=40, image_size=32, seed=3, progress=False)
-    datamodule = HPADataModule(
-        own_set,
-        image_size=32,
-        synthetic={"num_images": 40, "image_size": 32, "seed": 0, "generate_into": tmp_path / "x"},
-    )
+    synthetic = {"num_images": 40, "image_size": 32, "seed": 0, "generate_into": tmp_path / "x"}
+    config = {"root": own_set, "image_size": 32, "synthetic": synthetic}
+    datamodule = HPADataModule.from_config(config, HPA2018)
     datamodule.prepare_data()  # reads the set in place, generates nothing elsewhere
     assert not (tmp_path / "x").exists()

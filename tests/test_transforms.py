@@ -12,6 +12,7 @@ from albumentations.augmentations.geometric.flip import d4_group_elements
 from albumentations.augmentations.geometric.functional import d4 as albumentations_d4
 from omegaconf import OmegaConf
 
+from hpa.core.labels import HPA2018
 from hpa.data.dataset import RGBYDataset, collate_samples
 from hpa.data.reader import read_labels_csv
 from hpa.data.synthetic import generate_dataset
@@ -59,7 +60,7 @@ def test_interleave_channels_makes_hwc_and_keeps_an_interleaved_view():
 
 def test_dataset_batches_are_channels_last_and_equal_the_items_stacked(tmp_path):
     root = generate_dataset(tmp_path / "set", 6, 32, 0, progress=False)
-    ids, labels = read_labels_csv(root / "train.csv")
+    ids, labels = read_labels_csv(root / "train.csv", HPA2018)
     dataset = RGBYDataset(root / "train", ids, labels, 32)
 
     batch = collate_samples(dataset.__getitems__([4, 1, 2]))
@@ -81,7 +82,7 @@ def test_dataset_batches_are_channels_last_and_equal_the_items_stacked(tmp_path)
 def test_augmented_items_repeat_with_the_pipeline_seed(tmp_path):
     steps = OmegaConf.to_container(OmegaConf.load(REPO / "conf/augment/basic.yaml"))
     root = generate_dataset(tmp_path / "set", 4, 32, 0, progress=False)
-    ids, labels = read_labels_csv(root / "train.csv")
+    ids, labels = read_labels_csv(root / "train.csv", HPA2018)
     augmentation = build_augmentation(steps)
     dataset = RGBYDataset(root / "train", ids, labels, 32, augmentation)
     runs = []

@@ -8,8 +8,9 @@ import torch
 from test_losses import cpu_trainer, tiny_loader
 from torch import nn
 
-from hpa.errors import HPAInputError
-from hpa.evaluation.metrics import TEST_LOSS
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018
+from hpa.core.metric_names import TEST_LOSS
 from hpa.evaluation.tta import (
     CROP_POSITIONS,
     TTA_MODES,
@@ -20,7 +21,6 @@ from hpa.evaluation.tta import (
     tta_input,
     tta_transforms,
 )
-from hpa.labels import NUM_CLASSES
 from hpa.models.module import HPAModule
 
 
@@ -30,7 +30,7 @@ class InvariantModel(nn.Module):
     def __init__(self, channels: int = 4, hidden: int = 16) -> None:
         super().__init__()
         self.pointwise = nn.Conv2d(channels, hidden, kernel_size=1)
-        self.head = nn.Linear(hidden, NUM_CLASSES)
+        self.head = nn.Linear(hidden, HPA2018.num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = torch.relu(self.pointwise(images.float())).mean(dim=(-2, -1))
@@ -40,7 +40,9 @@ class InvariantModel(nn.Module):
 @pytest.fixture(scope="module")
 def resnet() -> nn.Module:
     torch.manual_seed(0)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=NUM_CLASSES, in_chans=4)
+    model = timm.create_model(
+        "resnet18", pretrained=False, num_classes=HPA2018.num_classes, in_chans=4
+    )
     return model.eval()
 
 
@@ -117,7 +119,7 @@ def test_dihedral_tta_of_an_invariant_model_equals_the_plain_output():
     for mode in TTA_MODES:
         for reduce in ("mean", "max"):
             tta = predict_with_tta(model_fn, images, mode=mode, reduce=reduce)
-            assert tta.shape == (3, NUM_CLASSES)
+            assert tta.shape == (3, HPA2018.num_classes)
             torch.testing.assert_close(tta, plain, rtol=1e-5, atol=1e-6)
 
 
@@ -126,7 +128,7 @@ def test_dihedral_mean_and_max_match_the_explicit_transforms(resnet):
     images = torch.rand(2, 4, 32, 32)
     model_fn = _probabilities(resnet)
     stacked = torch.stack(_explicit_symmetries(model_fn, images))
-    assert stacked.shape == (8, 2, NUM_CLASSES)
+    assert stacked.shape == (8, 2, HPA2018.num_classes)
     # The random resnet is not invariant, so TTA must actually change the prediction.
     assert not torch.allclose(stacked[0], stacked[1], atol=1e-4)
     mean = predict_with_tta(model_fn, images, mode="dihedral", reduce="mean")
@@ -151,7 +153,7 @@ def test_unknown_mode_or_reduce_raises_before_calling_the_model():
 
     def model_fn(images: torch.Tensor) -> torch.Tensor:
         calls.append(images)
-        return torch.zeros(images.shape[0], NUM_CLASSES)
+        return torch.zeros(images.shape[0], HPA2018.num_classes)
 
     images = torch.rand(1, 4, 8, 8)
     with pytest.raises(ValueError, match="mode"):
@@ -181,7 +183,7 @@ class PositionalModel(nn.Module):
     def __init__(self, size: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(4, 2, kernel_size=3, padding=1)
-        self.head = nn.Linear(2 * size * size, NUM_CLASSES)
+        self.head = nn.Linear(2 * size * size, HPA2018.num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.conv(images.float())).flatten(1))
@@ -196,7 +198,7 @@ def test_dihedral_crops_reduce_the_eight_symmetries_of_each_crop():
         crop = images[..., top : top + 16, left : left + 16]
         explicit.extend(_explicit_symmetries(model_fn, crop))
     stacked = torch.stack(explicit)
-    assert stacked.shape == (40, 2, NUM_CLASSES)
+    assert stacked.shape == (40, 2, HPA2018.num_classes)
     for reduce, expected in (("mean", stacked.mean(dim=0)), ("max", stacked.amax(dim=0))):
         tta = predict_with_tta(model_fn, images, "dihedral_crops", reduce, crop_size=16)
         torch.testing.assert_close(tta, expected)
@@ -213,7 +215,7 @@ def test_dihedral_crops_reduce_the_eight_symmetries_of_each_crop():
 def test_a_crop_mode_needs_its_crop_size():
     images = torch.rand(1, 4, 8, 8)
     with pytest.raises(ValueError, match="crop_size"):
-        predict_with_tta(lambda x: torch.zeros(1, NUM_CLASSES), images, "dihedral_crops")
+        predict_with_tta(lambda x: torch.zeros(1, HPA2018.num_classes), images, "dihedral_crops")
     with pytest.raises(ValueError, match="crop_transforms"):
         tta_transforms("dihedral_crops")
     with pytest.raises(HPAInputError, match="evaluation option"):

@@ -17,14 +17,14 @@ import torch
 from cli import SMALL_SYNTHETIC_SET, run_module
 from PIL import Image
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import CHANNELS, HPA2018
+from hpa.core.run_dir import RunDir
 from hpa.data.datamodule import HPADataModule
 from hpa.data.reader import read_channel, read_sample, tint
 from hpa.data.synthetic import generate_dataset
 from hpa.data.validate import checked_samples, find_problems
-from hpa.errors import HPAInputError
-from hpa.labels import CHANNELS
-from hpa.run.checkpoints import check_checkpoint
-from hpa.run.run_dir import RunDir
+from hpa.models.checkpoints import check_checkpoint
 
 IDS = [f"s{i}" for i in range(6)]
 
@@ -193,7 +193,8 @@ def test_datamodule_skip_keeps_the_split_of_every_row(small_set: Path, tmp_path:
     root = copy_of(small_set, tmp_path)
     ids = pd.read_csv(root / "train.csv")["Id"].tolist()
     (root / "train" / f"{ids[3]}_green.png").write_bytes(b"not a png")
-    datamodule = HPADataModule(root, image_size=64, on_bad_image="skip", num_workers=0)
+    config = {"root": root, "image_size": 64, "on_bad_image": "skip", "num_workers": 0}
+    datamodule = HPADataModule.from_config(config, HPA2018)
     datamodule.setup()
     assert ids[3] not in datamodule.ids and len(datamodule.ids) == len(ids) - 1
     sizes = sum(len(dataset) for dataset in datamodule.datasets.values())

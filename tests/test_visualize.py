@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hpa.labels import NUM_CLASSES
+from hpa.core.labels import HPA2018
 from hpa.plots.rgby import class_names_of, rgby_composite
 
 
@@ -28,6 +28,6 @@ def test_composite_refuses_other_shapes():
 
 
 def test_class_names_of_a_multi_hot_row():
-    row = np.zeros(NUM_CLASSES, dtype=np.uint8)
+    row = np.zeros(HPA2018.num_classes, dtype=np.uint8)
     row[[0, 25]] = 1
-    assert class_names_of(row) == "Nucleoplasm, Cytosol"
+    assert class_names_of(HPA2018, row) == "Nucleoplasm, Cytosol"

@@ -9,8 +9,8 @@ import pytest
 from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 from wandb_records import OfflineRun
 
-from hpa.evaluation.metrics import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, per_class_f1_name
-from hpa.labels import CLASS_NAMES, NUM_CLASSES
+from hpa.core.labels import HPA2018
+from hpa.core.metric_names import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, per_class_f1_name
 
 
 def media_table(run_dir: Path, key: str) -> dict:
@@ -66,7 +66,7 @@ def test_offline_multirun_logs_one_wandb_run_per_job(tmp_path: Path, monkeypatch
 
         per_class = media_table(run_dir, "test/per_class_f1")
         assert per_class["columns"] == ["class_id", "class", "f1", "support"]
-        assert [row[1] for row in per_class["data"]] == list(CLASS_NAMES)
+        assert [row[1] for row in per_class["data"]] == list(HPA2018.class_names)
         for class_id, _, f1, _ in per_class["data"]:
             assert f1 == pytest.approx(final[per_class_f1_name("test", class_id)], abs=1e-6)
         chart = run.config["_wandb/visualize/test/per_class_f1_chart"]["panel_config"]
@@ -76,7 +76,7 @@ def test_offline_multirun_logs_one_wandb_run_per_job(tmp_path: Path, monkeypatch
 
         distribution = media_table(run_dir, "data/label_distribution")
         assert distribution["columns"] == ["class_id", "class", "train", "val", "test"]
-        assert len(distribution["data"]) == NUM_CLASSES + 1
+        assert len(distribution["data"]) == HPA2018.num_classes + 1
         assert sum(distribution["data"][-1][2:]) == 120  # images per split
 
         (examples,) = run.values("val/examples/captions")

@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from benchmarks.quality.camera import render_sample
 from benchmarks.quality.labels import draw_labels
-from hpa.errors import HPAInputError
-from hpa.io import write_csv, write_json
-from hpa.labels import CHANNELS, format_target
+from hpa.core.errors import HPAInputError
+from hpa.core.io import write_csv, write_json
+from hpa.core.labels import CHANNELS, HPA2018
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def write_sample(image_dir: Path, index: int, image_size: int, seed: int) -> tup
         path = image_dir / f"{sample_id}_{color}.png"
         if not cv2.imwrite(str(path), plane):
             raise OSError(f"could not write {path}")
-    return sample_id, format_target(labels)
+    return sample_id, HPA2018.format(labels)
 
 
 def ensure_independent_set(

@@ -13,10 +13,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from hpa.labels import (
+from hpa.core.labels import HPA2018
+from hpa.data.synthetic.labels import (
     KAGGLE_CLASS_COUNTS,
     KAGGLE_LABELS_PER_IMAGE,
-    NUM_CLASSES,
     NUM_KAGGLE_TRAIN_IMAGES,
 )
 
@@ -47,7 +47,7 @@ def calibrated_log_weights() -> np.ndarray:
     rng = np.random.default_rng(20180601)  # fixed: the calibration is part of the generator
     counts, shares = _label_count_distribution()
     label_counts = rng.choice(counts, size=_CALIBRATION_DRAWS, p=shares)
-    gumbel = rng.gumbel(size=(_CALIBRATION_DRAWS, NUM_CLASSES))
+    gumbel = rng.gumbel(size=(_CALIBRATION_DRAWS, HPA2018.num_classes))
     # The real rates sum to the mean label count, so they are reachable by the top-k draws.
     target = real_class_rates() * label_counts.mean() / real_class_rates().sum()
     log_weights = np.log(target)
@@ -62,5 +62,5 @@ def draw_labels(rng: np.random.Generator) -> np.ndarray:
     """One image's multi-hot label vector (28 uint8)."""
     counts, shares = _label_count_distribution()
     label_count = rng.choice(counts, p=shares)
-    keys = calibrated_log_weights() + rng.gumbel(size=NUM_CLASSES)
+    keys = calibrated_log_weights() + rng.gumbel(size=HPA2018.num_classes)
     return _top_k_rows(keys[None, :], np.array([label_count]))[0]

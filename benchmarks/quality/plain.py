@@ -24,9 +24,9 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.quality.record import Record
+from hpa.core.labels import HPA2018
 from hpa.data.reader import read_labels_csv, read_sample
 from hpa.data.split import load_split
-from hpa.labels import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class PlainOptions:
 
 def load_splits(root: Path, split_file: Path, image_size: int) -> dict[str, tuple]:
     """{"train"|"val"|"test": (uint8 images N x 4 x S x S, float targets N x 28, ids)}."""
-    ids, labels = read_labels_csv(root / "train.csv")
+    ids, labels = read_labels_csv(root / "train.csv", HPA2018)
     assignment = load_split(split_file, ids)
     images = np.stack(
         [read_sample(root / "train", i, image_size) for i in tqdm(ids, desc="decode", unit="img")]
@@ -66,7 +66,7 @@ def train_plain(splits: dict, seed: int, options: PlainOptions, path: Path | Non
         "resnet18",
         pretrained=False,
         in_chans=4,
-        num_classes=NUM_CLASSES,
+        num_classes=HPA2018.num_classes,
         drop_rate=options.drop_rate,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hpa.io import atomic_path
-from hpa.labels import NUM_CLASSES
+from hpa.core.io import atomic_path
+from hpa.core.labels import HPA2018
 
 RECORD_SUFFIX = ".npz"
 RECORDS_DIR = "records"
@@ -53,7 +53,7 @@ class Record:
 
     def save(self, path: str | Path) -> None:
         arrays = {name: np.asarray(getattr(self, name)) for name in _ARRAYS}
-        empty = np.zeros((0, 0, NUM_CLASSES), dtype=np.float32)
+        empty = np.zeros((0, 0, HPA2018.num_classes), dtype=np.float32)
         for name in ("val_probabilities", "test_probabilities"):
             arrays[name] = arrays[name] if len(arrays[name]) else empty
         with atomic_path(path) as temporary, temporary.open("wb") as handle:

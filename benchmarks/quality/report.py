@@ -23,13 +23,13 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from benchmarks.quality.record import Record, RunKey, find_records, load_record
+from hpa.core.io import write_csv
 from hpa.evaluation.thresholds import (
     binarize,
     decision_thresholds,
     rate_matched_thresholds,
     search_thresholds,
 )
-from hpa.io import write_csv
 
 PLAIN_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)  # the plain loop's 0.05 grid
 

@@ -24,6 +24,7 @@ from benchmarks.common import REPO
 from benchmarks.quality.generate import ensure_independent_set
 from benchmarks.quality.record import RECORD_SUFFIX, RunKey, record_path
 from benchmarks.quality.report import print_report
+from hpa.core.labels import HPA2018
 from hpa.data.reader import read_labels_csv
 from hpa.data.split import save_split, train_val_test_split
 from hpa.data.synthetic import ensure_dataset
@@ -167,7 +168,7 @@ def prepare_dataset(out: Path, name: str, num_images: int, size: int) -> tuple[s
         ensure_independent_set(root, num_images, size, seed=0)
     split = out / "data" / f"{key}-split.csv"
     if not split.is_file():
-        ids, labels = read_labels_csv(root / "train.csv")
+        ids, labels = read_labels_csv(root / "train.csv", HPA2018)
         save_split(split, ids, train_val_test_split(labels, (0.7, 0.15, 0.15), seed=0))
     return key, root, split
 

@@ -41,9 +41,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from hpa.core.errors import HPAInputError
+from hpa.core.io import atomic_path, write_json
 from hpa.data.reader import read_sample
-from hpa.errors import HPAInputError
-from hpa.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ class SampleBatch(list):
 
 
 class RGBYDataset(Dataset):
-    """Samples as dicts: ``image`` (uint8 4 x S x S), ``target`` (float 28), ``index`` (int).
+    """Samples as dicts: ``image`` (uint8 4 x S x S), ``target`` (float, one per class of the
+    labels), ``index`` (int).
 
     ``image`` is a 4 x S x S view of S x S x 4 pixels (channels-last strides), the layout of the
     cache, of albumentations and of the models. A DataLoader reads a batch through

@@ -42,6 +42,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
+from hpa.core.errors import HPAInputError, exit_on_input_error
+from hpa.core.io import atomic_path, write_csv
+from hpa.core.labels import CHANNELS
 from hpa.data.cache import (
     _init_build_worker,
     cache_folder,
@@ -50,9 +53,6 @@ from hpa.data.cache import (
     source_stat,
 )
 from hpa.data.reader import find_channel_file, read_channel, read_ids_csv
-from hpa.errors import HPAInputError, exit_on_input_error
-from hpa.io import atomic_path, write_csv
-from hpa.labels import CHANNELS
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
 """External training data (``data.external``): Kaggle-layout roots whose images join the train
 split only.
 
-Each root holds ``ROOT/train.csv`` (Id,Target) and ``ROOT/train/{Id}_{color}.png`` like
-``data.root``. Validation and test stay those of ``data.root``, so that runs with and without
-external data are scored on the same images. An external image is dropped when its files are bad
+Each root is read like ``data.root``, by the data module's table reader (hpa.data.table:
+``ROOT/train.csv`` with the columns of the run's label set, ``ROOT/train/{Id}_{color}.png``).
+Validation and test stay those of ``data.root``, so that runs with and without external data are
+scored on the same images. An external image is dropped when its files are bad
 (``data.on_bad_image=skip``; ``error`` stops the run) and, when duplicates are looked for
 (hpa.data.duplicates), when it is a near-duplicate of a val or test image of ``data.root``.
 Ids must be unique across ``data.root`` and every external root: a clash stops the run.
@@ -23,11 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import LabelSet
 from hpa.data.dataset import RGBYDataset
-from hpa.data.duplicates import RowPairs
-from hpa.data.reader import read_labels_csv
+from hpa.data.duplicates import RowPairs, near_duplicate_pairs, root_hashes
+from hpa.data.grouped_split import RootSplit
+from hpa.data.table import ImageTable, TableReader, read_image_table
 from hpa.data.validate import checked_samples
-from hpa.errors import HPAInputError
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +41,27 @@ _MAX_LISTED = 5
 
 @dataclass
 class ExternalRoot:
-    """The rows of one external root's train.csv and why any of them are not used."""
+    """The rows of one external root's table and why any of them are not used."""
 
-    root: Path
-    ids: np.ndarray
-    labels: np.ndarray
+    table: ImageTable
     readable: np.ndarray  # bool per row: its files passed validation (hashed and cached)
     reasons: np.ndarray  # object per row: why it is dropped, "" when it is used
 
     @property
+    def root(self) -> Path:
+        return self.table.root
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.table.ids
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.table.labels
+
+    @property
     def image_dir(self) -> Path:
-        return self.root / "train"
+        return self.table.image_dir
 
     @property
     def used(self) -> np.ndarray:
@@ -68,7 +81,7 @@ class ExternalRoot:
                 f"(distance {pairs.distance[pair]})"
             )
 
-    def table(self) -> pd.DataFrame:
+    def table_of_samples(self) -> pd.DataFrame:
         return pd.DataFrame(
             {
                 "root": str(self.root),
@@ -94,32 +107,79 @@ class ExternalRoot:
 
 def read_external_roots(
     roots: Sequence[str | Path],
-    root_csv: Path,
-    root_ids: np.ndarray,
+    root_table: ImageTable,
+    label_set: LabelSet,
     validate: str,
     on_bad_image: str,
+    read_table: TableReader = read_image_table,
 ) -> list[ExternalRoot]:
-    """Read and validate each external root; refuse ids that another root or csv also has."""
-    known: list[tuple[Path, np.ndarray]] = [(root_csv, np.asarray(root_ids))]
+    """Read each external root's table with ``label_set`` (``read_table``: as data.root's) and
+    validate its images; refuse ids that another root or csv also has."""
+    known: list[tuple[Path, np.ndarray]] = [(root_table.csv_path, root_table.ids)]
     externals = []
     for root in map(Path, roots):
-        if not (root / "train.csv").is_file():
+        if not root.is_dir():
             raise HPAInputError(
-                f"external data root {root} has no train.csv (data.external lists Kaggle-layout "
-                "roots: ROOT/train.csv and ROOT/train/{Id}_{color}.png)"
+                f"external data root {root} does not exist (data.external lists data roots in "
+                "the layout of data.root, such as ROOT/train.csv and ROOT/train/{Id}_{color}.png)"
             )
-        csv_path = root / "train.csv"
-        ids, labels = read_labels_csv(csv_path)
+        table = read_table(root, label_set)
         for other_csv, other_ids in known:
-            _refuse_shared_ids(csv_path, ids, other_csv, other_ids)
-        known.append((csv_path, ids))
-        keep, skipped = checked_samples(root / "train", ids, validate, on_bad_image)
-        reasons = np.full(len(ids), "", dtype=object)
+            _refuse_shared_ids(table.csv_path, table.ids, other_csv, other_ids)
+        known.append((table.csv_path, table.ids))
+        keep, skipped = checked_samples(table.image_dir, table.ids, validate, on_bad_image)
+        reasons = np.full(len(table), "", dtype=object)
         first_problem = skipped.drop_duplicates("Id").set_index("Id")["problem"]
         for row in np.flatnonzero(~keep):
-            reasons[row] = f"bad image: {first_problem[ids[row]]}"
-        externals.append(ExternalRoot(root, ids, labels, keep, reasons))
+            reasons[row] = f"bad image: {first_problem[table.ids[row]]}"
+        externals.append(ExternalRoot(table, keep, reasons))
     return externals
+
+
+def join_external_roots(
+    externals: Sequence[ExternalRoot],
+    root_table: ImageTable,
+    root_split: RootSplit,
+    cache_dir: str | Path | None = None,
+) -> list[RowPairs]:
+    """The external data step, once data.root is split: when its near-duplicates were looked for
+    (``root_split.duplicates``), pair each external root's readable images with data.root's and
+    drop those that duplicate a val or test image. Returns the pairs (external row, data.root csv
+    row, distance) of each external root; none without a duplicate search."""
+    pairs_of_roots = []
+    if root_split.duplicates is not None:
+        pairs_of_roots = [
+            _drop_duplicates_of_evaluation_images(external, root_table, root_split, cache_dir)
+            for external in externals
+        ]
+    for external in externals:
+        external.log_counts()
+    return pairs_of_roots
+
+
+def _drop_duplicates_of_evaluation_images(
+    external: ExternalRoot,
+    root_table: ImageTable,
+    root_split: RootSplit,
+    cache_dir: str | Path | None,
+) -> RowPairs:
+    root_duplicates = root_split.duplicates
+    readable_rows = np.flatnonzero(external.readable)
+    hashes = root_hashes(external.image_dir, external.ids[readable_rows], cache_dir)
+    pairs = near_duplicate_pairs(
+        hashes, root_duplicates.hashes, threshold=root_duplicates.threshold
+    )
+    log.info(
+        "near-duplicates: %d pair(s) of an image of %s and one of %s",
+        len(pairs.first),
+        external.root,
+        root_table.root,
+    )
+    row_pairs = RowPairs(
+        readable_rows[pairs.first], root_duplicates.rows[pairs.second], pairs.distance
+    )
+    external.drop_duplicates_of_evaluation_images(row_pairs, root_table.ids, root_split.assignment)
+    return row_pairs
 
 
 def _refuse_shared_ids(
@@ -168,4 +228,4 @@ class MultiRootDataset(RGBYDataset):
 def external_samples_table(externals: Sequence[ExternalRoot]) -> pd.DataFrame | None:
     if not externals:
         return None
-    return pd.concat([external.table() for external in externals], ignore_index=True)
+    return pd.concat([external.table_of_samples() for external in externals], ignore_index=True)

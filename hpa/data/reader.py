@@ -2,7 +2,7 @@
 
 Layout::
 
-    ROOT/train.csv                              Id,Target
+    ROOT/train.csv                              Id,Target (the columns of the run's label set)
     ROOT/train/{Id}_{red,green,blue,yellow}.png (or .jpg .jpeg .tif .tiff)
     ROOT/test/{Id}_{color}.png                  test images, ids from sample_submission.csv
 
@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from hpa.errors import HPAInputError
-from hpa.labels import CHANNELS, NUM_CLASSES, parse_target
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import CHANNELS, LabelSet
 
 logger = logging.getLogger(__name__)
 
@@ -313,43 +313,49 @@ def read_csv_table(csv_path: str | Path, required_columns: Sequence[str]) -> pd.
     return table[~is_blank]
 
 
-def read_labels_csv(csv_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a Kaggle ``Id,Target`` csv into (ids as a str array, N x 28 uint8 multi-hot labels)."""
+def read_labels_csv(csv_path: str | Path, label_set: LabelSet) -> tuple[np.ndarray, np.ndarray]:
+    """Read a labels csv into (ids as a str array, N x C uint8 multi-hot labels).
+
+    The ids are in ``label_set.id_column``, the labels in ``label_set.column`` (class ids joined
+    by ``label_set.separator``). A row whose labels do not parse, a class id outside the label set
+    included, is an HPAInputError naming the file and the row's line.
+    """
     csv_path = Path(csv_path)
-    table = read_csv_table(csv_path, ("Id", "Target"))
-    ids = _checked_ids(table, csv_path)
-    labels = np.zeros((len(ids), NUM_CLASSES), dtype=np.uint8)
-    for row, (line, target) in enumerate(zip(table.index, table["Target"], strict=True)):
+    table = read_csv_table(csv_path, (label_set.id_column, label_set.column))
+    ids = _checked_ids(table, csv_path, label_set.id_column)
+    labels = np.zeros((len(ids), label_set.num_classes), dtype=np.uint8)
+    cells = table[label_set.column]
+    for row, (line, cell) in enumerate(zip(table.index, cells, strict=True)):
         try:
-            labels[row] = parse_target(target)
+            labels[row] = label_set.parse(cell)
         except ValueError as error:
             raise HPAInputError(f"{csv_path}, line {line}: {error}") from None
     logger.debug("read %d labelled ids from %s", len(ids), csv_path)
     return ids, labels
 
 
-def read_ids_csv(csv_path: str | Path) -> np.ndarray:
-    """Read the ``Id`` column of a csv such as sample_submission.csv into a str array."""
+def read_ids_csv(csv_path: str | Path, id_column: str = "Id") -> np.ndarray:
+    """Read the id column of a csv such as sample_submission.csv into a str array."""
     csv_path = Path(csv_path)
-    table = read_csv_table(csv_path, ("Id",))
-    ids = _checked_ids(table, csv_path)
+    table = read_csv_table(csv_path, (id_column,))
+    ids = _checked_ids(table, csv_path, id_column)
     logger.debug("read %d ids from %s", len(ids), csv_path)
     return ids
 
 
-def _checked_ids(table: pd.DataFrame, csv_path: Path) -> np.ndarray:
-    """The Id column as a str array; every Id non-empty, a plain file-name stem and unique."""
+def _checked_ids(table: pd.DataFrame, csv_path: Path, id_column: str) -> np.ndarray:
+    """The id column as a str array; every id non-empty, a plain file-name stem and unique."""
     if table.empty:
         raise HPAInputError(f"{csv_path}: the file has a header but no rows")
-    ids = [str(sample_id).strip() for sample_id in table["Id"]]
+    ids = [str(sample_id).strip() for sample_id in table[id_column]]
     first_line_of: dict[str, int] = {}
     duplicate_lines: list[tuple[str, int, int]] = []
     for line, sample_id in zip(table.index.tolist(), ids, strict=True):
         if not sample_id:
-            raise HPAInputError(f"{csv_path}, line {line}: empty Id")
+            raise HPAInputError(f"{csv_path}, line {line}: empty {id_column}")
         if "/" in sample_id or "\\" in sample_id:
             raise HPAInputError(
-                f"{csv_path}, line {line}: Id {sample_id!r} contains a path separator"
+                f"{csv_path}, line {line}: {id_column} {sample_id!r} contains a path separator"
             )
         if sample_id in first_line_of:
             duplicate_lines.append((sample_id, first_line_of[sample_id], line))
@@ -358,8 +364,8 @@ def _checked_ids(table: pd.DataFrame, csv_path: Path) -> np.ndarray:
     if duplicate_lines:
         sample_id, first_line, repeat_line = duplicate_lines[0]
         raise HPAInputError(
-            f"{csv_path}, lines {first_line} and {repeat_line}: duplicate Id {sample_id!r} "
-            f"({len(duplicate_lines)} repeated row(s) in all)"
+            f"{csv_path}, lines {first_line} and {repeat_line}: duplicate {id_column} "
+            f"{sample_id!r} ({len(duplicate_lines)} repeated row(s) in all)"
         )
     return np.asarray(ids, dtype=str)
 

@@ -1,13 +1,16 @@
 """Multilabel-aware oversampling of minority classes.
 
-Each class gets a weight; an image's weight is the largest weight among its classes (its
-rarest labels decide), and an epoch holds each image in proportion to its weight, in one of two
-ways (``DRAWS``): "repeat" puts every image in the epoch at least once and an image of weight w
-about w times (repeat-factor sampling, weights taken relative to the smallest), so the epoch
-grows with the weights; "replacement" draws as many images as the split holds, with
-replacement, so that about a third of the images are missing from any one epoch. Drawing an
-image draws all its labels, so the resulting class frequencies are not simply proportional to
-the class weights: ``expected_class_frequency`` computes them.
+Each class of the run's label set gets a weight (``class_weights``): from the class counts of
+the train split the run trains on (hpa.data.class_statistics), or, for ``strategy=minority``,
+from the classes it names (``data.sampler.minority_classes``, else the label set's). An image's
+weight is the largest weight among its classes (its rarest labels decide), and an epoch holds
+each image in proportion to its weight, in one of two ways (``DRAWS``): "repeat" puts every
+image in the epoch at least once and an image of weight w about w times (repeat-factor
+sampling, weights taken relative to the smallest), so the epoch grows with the weights;
+"replacement" draws as many images as the split holds, with replacement, so that about a third
+of the images are missing from any one epoch. Drawing an image draws all its labels, so the
+resulting class frequencies are not simply proportional to the class weights:
+``expected_class_frequency`` computes them.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Sampler
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import LabelSet
 from hpa.data.epoch_seeding import epoch_generator
-from hpa.errors import HPAInputError
-from hpa.labels import CLASS_NAMES, NUM_CLASSES, SEED_MINORITY_CLASSES
 
 logger = logging.getLogger(__name__)
 
@@ -35,29 +38,51 @@ _UNLABELLED_IMAGE_WEIGHT = 1.0
 
 
 def class_weights(
+    label_set: LabelSet,
     class_counts: Sequence[int] | np.ndarray,
     strategy: str = "minority",
-    minority_classes: Sequence[int] = SEED_MINORITY_CLASSES,
+    minority_classes: Sequence[int] | None = None,
     boost: float = 8.0,
     power: float = 0.5,
     max_weight: float = 50.0,
 ) -> np.ndarray:
-    """One weight per class (28 floats).
+    """One weight per class of ``label_set``, from the image count of each class in the train
+    split (``class_counts``).
 
-    "minority": ``boost`` for ``minority_classes``, 1 for the others.
+    "minority": ``boost`` for ``minority_classes`` (None: the label set's), 1 for the others.
     "inverse_frequency": ``(max_count / count_c) ** power`` clipped to ``max_weight``; a class
     with no images gets 1 (it can't be drawn anyway).
     """
     counts = np.asarray(class_counts, dtype=np.float64)
-    if counts.shape != (NUM_CLASSES,) or (counts < 0).any():
+    if counts.shape != (label_set.num_classes,) or (counts < 0).any():
         raise HPAInputError(
-            f"class counts must be {NUM_CLASSES} non-negative numbers, got shape {counts.shape}"
+            f"class counts must be {label_set.num_classes} non-negative numbers (label set "
+            f"{label_set.name}), got shape {counts.shape}"
         )
     if strategy == "minority":
-        return _minority_weights(minority_classes, boost)
+        return _minority_weights(label_set, minority_classes_of(label_set, minority_classes), boost)
     if strategy == "inverse_frequency":
         return _inverse_frequency_weights(counts, power, max_weight)
     raise HPAInputError(f"unknown oversampling strategy {strategy!r}; expected one of {STRATEGIES}")
+
+
+def minority_classes_of(label_set: LabelSet, configured: Sequence[int] | None) -> tuple[int, ...]:
+    """``data.sampler.minority_classes`` when set (``configured``), else the label set's own."""
+    if configured is None:
+        return label_set.minority_classes
+    return label_set.check_class_ids(configured, "data.sampler.minority_classes")
+
+
+def check_minority_classes(label_set: LabelSet, minority_classes: Sequence[int]) -> None:
+    """Refuse oversampling by ``strategy=minority`` with no minority class to boost."""
+    if not minority_classes:
+        raise HPAInputError(
+            f"data.oversample=true with data.sampler.strategy=minority, but there are no minority "
+            f"classes to boost: data.sampler.minority_classes is empty or null, and label set "
+            f"{label_set.name} names none. Use data.sampler.strategy=inverse_frequency (weights "
+            "from the train split's class counts), or name the classes with "
+            "data.sampler.minority_classes=[...]"
+        )
 
 
 def image_weights(labels: np.ndarray, class_weights: np.ndarray) -> np.ndarray:
@@ -203,8 +228,11 @@ class ClassFrequency(NamedTuple):
     """Expected fraction with oversampling."""
 
 
-def frequency_rows(labels: np.ndarray, weights: np.ndarray) -> list[ClassFrequency]:
-    """Per class: its image count and expected per-epoch frequency before and after weighting."""
+def frequency_rows(
+    label_set: LabelSet, labels: np.ndarray, weights: np.ndarray
+) -> list[ClassFrequency]:
+    """Per class of ``label_set``: its image count and expected per-epoch frequency before and
+    after weighting."""
     labels = np.asarray(labels)
     uniform = expected_class_frequency(labels, np.ones(len(labels)))
     weighted = expected_class_frequency(labels, weights)
@@ -212,7 +240,7 @@ def frequency_rows(labels: np.ndarray, weights: np.ndarray) -> list[ClassFrequen
     return [
         ClassFrequency(
             class_id=class_id,
-            name=CLASS_NAMES[class_id],
+            name=label_set.class_names[class_id],
             num_images=int(counts[class_id]),
             uniform=float(uniform[class_id]),
             weighted=float(weighted[class_id]),
@@ -221,10 +249,10 @@ def frequency_rows(labels: np.ndarray, weights: np.ndarray) -> list[ClassFrequen
     ]
 
 
-def frequency_table(labels: np.ndarray, weights: np.ndarray) -> str:
+def frequency_table(label_set: LabelSet, labels: np.ndarray, weights: np.ndarray) -> str:
     """A text table for logging: each class's expected per-epoch frequency, uniform vs weighted."""
     lines = [f"{'id':>2}  {'class':<30} {'images':>7} {'uniform':>8} {'weighted':>8} {'factor':>6}"]
-    for row in frequency_rows(labels, weights):
+    for row in frequency_rows(label_set, labels, weights):
         factor = f"{row.weighted / row.uniform:6.2f}" if row.uniform > 0 else f"{'-':>6}"
         lines.append(
             f"{row.class_id:>2}  {row.name:<30} {row.num_images:>7} "
@@ -233,14 +261,13 @@ def frequency_table(labels: np.ndarray, weights: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def _minority_weights(minority_classes: Sequence[int], boost: float) -> np.ndarray:
+def _minority_weights(
+    label_set: LabelSet, minority_classes: tuple[int, ...], boost: float
+) -> np.ndarray:
     if not boost > 0:
         raise HPAInputError(f"oversampling boost must be positive, got {boost!r}")
-    weights = np.ones(NUM_CLASSES, dtype=np.float64)
-    for class_id in minority_classes:
-        if not 0 <= int(class_id) < NUM_CLASSES:
-            raise HPAInputError(f"minority class {class_id!r} is outside 0..{NUM_CLASSES - 1}")
-        weights[int(class_id)] = boost
+    weights = np.ones(label_set.num_classes, dtype=np.float64)
+    weights[list(minority_classes)] = boost
     return weights
 
 
@@ -249,7 +276,7 @@ def _inverse_frequency_weights(counts: np.ndarray, power: float, max_weight: flo
         raise HPAInputError(
             f"inverse_frequency needs power >= 0 and max_weight >= 1, got {power!r}, {max_weight!r}"
         )
-    weights = np.ones(NUM_CLASSES, dtype=np.float64)
+    weights = np.ones(len(counts), dtype=np.float64)
     present = counts > 0
     if present.any():
         weights[present] = (counts.max() / counts[present]) ** power

@@ -15,14 +15,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 
+from hpa.core.errors import HPAInputError
+from hpa.core.io import write_csv
 from hpa.data.reader import read_csv_table
-from hpa.errors import HPAInputError
-from hpa.io import write_csv
+
+if TYPE_CHECKING:
+    from hpa.data.config import SplitConfig
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +36,38 @@ _SPLIT_DTYPE = "<U5"
 _MAX_LISTED = 5
 
 
+def assign_splits(
+    labels: np.ndarray,
+    ids: np.ndarray,
+    config: SplitConfig,
+    groups: np.ndarray | None = None,
+) -> np.ndarray:
+    """The split of every row of a table (``ids``, ``labels``) as ``config`` says: read from its
+    split file, else fold ``config.fold`` of a k-fold split, else the 3-way split of its
+    fractions. The rows of one of ``groups`` share their split (a split file is taken as it is).
+    """
+    if config.split_file is not None:
+        logger.info("reading the split from %s", config.split_file)
+        return load_split(config.split_file, ids)
+    if config.num_folds:
+        return kfold_split(
+            labels,
+            num_folds=config.num_folds,
+            fold=config.fold,
+            test_fraction=config.fractions[2],
+            seed=config.seed,
+            groups=groups,
+        )
+    return train_val_test_split(labels, config.fractions, seed=config.seed, groups=groups)
+
+
 def train_val_test_split(
     labels: np.ndarray,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Assign each row to "train", "val" or "test", stratified over all 28 classes.
+    """Assign each row to "train", "val" or "test", stratified over all the label columns.
 
     ``fractions`` = (train, val, test); train must be positive, val or test may be 0 to leave
     that split empty. Test is held out first, then val from the remaining rows. The rows of one

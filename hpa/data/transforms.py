@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from hydra.utils import instantiate
 
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
 
 
 class D4(A.D4):
@@ -73,6 +73,18 @@ def build_augmentation(
     if not transforms:
         return None
     return A.Compose(transforms)
+
+
+def train_augmentation(
+    steps: Mapping[str, Mapping] | None, image_size: int, load_size: int | None, seed: int
+) -> A.Compose | None:
+    """The train split's pipeline: the random ``image_size`` crop of images read at
+    ``load_size`` (when larger) and the configured ``steps``, seeded with ``seed``
+    (albumentations keeps its own random state); None when there is nothing to apply."""
+    augmentation = build_augmentation(steps, crop=image_crop(image_size, load_size, random=True))
+    if augmentation is not None:
+        augmentation.set_random_seed(seed)
+    return augmentation
 
 
 def check_crop_sizes(image_size: int, load_size: int | None) -> None:

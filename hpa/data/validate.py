@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import CHANNELS
 from hpa.data.reader import IMAGE_EXTENSIONS, channel_file_name, read_channel
-from hpa.errors import HPAInputError
-from hpa.labels import CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def check_channel_file(
 
 def find_problems(image_dir: str | Path, ids: Sequence[str], mode: str = "fast") -> list[Problem]:
     """Every problem of the channel files of ``ids`` under ``image_dir`` (empty: all good)."""
-    _check_choice("data.validate", mode, VALIDATION_MODES)
+    check_choice("data.validate", mode, VALIDATION_MODES)
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise HPAInputError(f"image directory {image_dir} does not exist")
@@ -133,7 +133,7 @@ def checked_samples(
 
     Raises HPAInputError naming the first few problems and their count under ``error``.
     """
-    _check_choice("data.on_bad_image", on_bad_image, BAD_IMAGE_POLICIES)
+    check_choice("data.on_bad_image", on_bad_image, BAD_IMAGE_POLICIES)
     ids = np.asarray(ids, dtype=str)
     problems = find_problems(image_dir, ids, mode)
     table = pd.DataFrame(problems, columns=["Id", "file", "problem"])
@@ -214,6 +214,6 @@ def _without_path(message: str, path: Path) -> str:
     return rest if separator else message
 
 
-def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise HPAInputError(f"{key}={value!r}: expected one of {', '.join(choices)}")

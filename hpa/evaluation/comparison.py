@@ -16,15 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from hpa.evaluation import metrics
+from hpa.core import metric_names
+from hpa.core.run_dir import RunDir
 from hpa.evaluation.metrics import minority_recall
-from hpa.labels import CLASS_NAMES
-from hpa.run.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-MINORITY_RECALL = metrics.TEST_RECALL_MINORITY
-METRIC_COLUMNS = (*metrics.HEADLINE, MINORITY_RECALL)
+MINORITY_RECALL = metric_names.TEST_RECALL_MINORITY
+METRIC_COLUMNS = (*metric_names.HEADLINE, MINORITY_RECALL)
 COLUMNS = ("run", "model", *METRIC_COLUMNS, "path")
 SEEDS_COLUMN = "seeds"
 FORMATS = ("table", "csv", "markdown")
@@ -137,9 +136,12 @@ def load_run(path: str | Path) -> dict:
         "run": run_label(config, overrides, choices),
         "model": str(model.get("name", "")) if isinstance(model, Mapping) else "",
     }
-    row.update({name: _metric(run_metrics, name) for name in metrics.HEADLINE})
+    row.update({name: _metric(run_metrics, name) for name in metric_names.HEADLINE})
     has_report = run_dir.has(RunDir.TEST_PER_CLASS)
-    row[MINORITY_RECALL] = minority_recall(run_dir.test_per_class()) if has_report else math.nan
+    minority = run_dir.label_set().minority_classes
+    row[MINORITY_RECALL] = (
+        minority_recall(run_dir.test_per_class(), minority) if has_report else math.nan
+    )
     row["path"] = str(run_dir.path)
     row[_SEED_KEY] = config.get(_SEED_KEY)
     row["group"] = run_label(config, overrides, choices, with_seed=False)
@@ -165,7 +167,7 @@ def _seed_text(seed) -> str:
 
 
 def compare_runs(
-    paths: Sequence[str | Path], sort_by: str = metrics.VAL_F1_MACRO, ascending: bool = False
+    paths: Sequence[str | Path], sort_by: str = metric_names.VAL_F1_MACRO, ascending: bool = False
 ) -> pd.DataFrame:
     """A frame with one row per finished run under ``paths`` (``COLUMNS``), sorted by
     ``sort_by``.
@@ -189,7 +191,7 @@ def _run_rows(paths: Sequence[str | Path]) -> pd.DataFrame:
 
 
 def group_seeds(
-    paths: Sequence[str | Path], sort_by: str = metrics.VAL_F1_MACRO, ascending: bool = False
+    paths: Sequence[str | Path], sort_by: str = metric_names.VAL_F1_MACRO, ascending: bool = False
 ) -> pd.DataFrame:
     """One row per group of runs that differ only in their seed (the same label without the
     seed, and the same model): ``run`` (that label), ``model``, ``seeds`` (their seeds), each
@@ -215,9 +217,17 @@ def group_seeds(
 
 
 def per_class_f1_table(run_dirs: Sequence[str | Path], names: Sequence[str]) -> pd.DataFrame:
-    """Test F1 of each class (columns, class names) for each run (rows, ``names``)."""
+    """Test F1 of each class (columns, class names) for each run (rows, ``names``); the runs must
+    share one label set."""
+    label_sets = {RunDir(run).label_set() for run in run_dirs}
+    if len(label_sets) > 1:
+        raise CompareError(
+            "per-class F1 of runs with different label sets: "
+            + ", ".join(sorted(label_set.name for label_set in label_sets))
+        )
+    class_names = next(iter(label_sets)).class_names if label_sets else ()
     rows = [RunDir(run).test_per_class()["f1"].to_numpy() for run in run_dirs]
-    return pd.DataFrame(rows, index=list(names), columns=list(CLASS_NAMES))
+    return pd.DataFrame(rows, index=list(names), columns=list(class_names))
 
 
 def distinct_labels(labels: Sequence[str]) -> list[str]:

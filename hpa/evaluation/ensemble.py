@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hpa.errors import HPAInputError
-from hpa.labels import CLASS_NAMES
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import LabelSet
 
 
 @dataclass
 class Member:
     """One checkpoint's outputs on the same images as the other members: its probabilities
-    (N x 28, in the ensemble's image order), per-class thresholds and, when it was tested, its
+    (N x classes, in the ensemble's image order), per-class thresholds and, when it was tested, its
     own metrics."""
 
     path: Path
@@ -39,7 +39,7 @@ def average(members: Sequence[Member]) -> tuple[np.ndarray, np.ndarray]:
     return probabilities, thresholds
 
 
-def average_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+def average_frames(label_set: LabelSet, frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """The mean of prediction frames (``Id``, class columns, ``Target``) of the same images."""
     # imported here: hpa.evaluation.predictions imports the training stack, which ``average``
     # (the ONNX backend of hpa.predict) does without
@@ -50,5 +50,6 @@ def average_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
         if list(frame["Id"]) != list(first["Id"]):
             raise HPAInputError("ensemble members predicted different test images")
     averaged = first.copy()
-    averaged[list(CLASS_NAMES)] = np.mean([frame_probabilities(f) for f in frames], axis=0)
+    probabilities = [frame_probabilities(label_set, frame) for frame in frames]
+    averaged[list(label_set.class_names)] = np.mean(probabilities, axis=0)
     return averaged

@@ -1,6 +1,6 @@
-"""Metric names, defined once, and the F1 metrics of the HPA challenge as torchmetrics.
+"""The F1 metrics of the HPA challenge as torchmetrics (their names: hpa.core.metric_names).
 
-The Kaggle score is the macro F1 over the 28 classes; the sample F1 (sklearn's
+The Kaggle score is the macro F1 over the classes of the label set; the sample F1 (sklearn's
 ``average="samples"``) is reported alongside. Both metrics take probabilities (sigmoid already
 applied) and count a class as predicted when its probability is strictly above the threshold,
 as torchmetrics does. Like torchmetrics, float inputs outside [0, 1] are taken for logits and
@@ -19,58 +19,8 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MultilabelF1Score
 from torchmetrics.utilities.compute import normalize_logits_if_needed
 
-from hpa.labels import CLASS_NAMES, NUM_CLASSES, SEED_MINORITY_CLASSES, metric_slug
-
-TRAIN = "train"
-VAL = "val"
-TEST = "test"
-
-LOSS = "loss"
-F1_MACRO = "f1_macro"
-F1_SAMPLES = "f1_samples"
-F1_CLASS = "f1_class"
-
-
-def metric_name(stage: str, metric: str) -> str:
-    """The logged name of ``metric`` at ``stage``: ("val", "f1_macro") -> "val/f1_macro"."""
-    return f"{stage}/{metric}"
-
-
-def per_class_f1_name(stage: str, class_id: int) -> str:
-    """The logged name of one class's F1: (test, 8) -> "test/f1_class/08_peroxisomes"."""
-    return metric_name(stage, f"{F1_CLASS}/{metric_slug(class_id)}")
-
-
-TRAIN_LOSS = metric_name(TRAIN, LOSS)
-VAL_LOSS = metric_name(VAL, LOSS)
-VAL_F1_MACRO = metric_name(VAL, F1_MACRO)
-VAL_F1_SAMPLES = metric_name(VAL, F1_SAMPLES)
-TEST_LOSS = metric_name(TEST, LOSS)
-TEST_F1_MACRO = metric_name(TEST, F1_MACRO)
-TEST_F1_SAMPLES = metric_name(TEST, F1_SAMPLES)
-TEST_RECALL_MINORITY = metric_name(TEST, "recall_minority")
-"""Mean test recall of the seed report's seven minority classes (``labels.SEED_MINORITY_CLASSES``),
-from a run's per-class report: what oversampling and tuned thresholds are meant to raise."""
-
-HEADLINE: tuple[str, ...] = (VAL_F1_MACRO, VAL_F1_SAMPLES, TEST_F1_MACRO, TEST_F1_SAMPLES)
-"""The metrics a run is summed up by: its log summary, report, comparison table and eval print."""
-
-
-def at_threshold(name: str, threshold: float) -> str:
-    """A metric computed at one fixed threshold for every class, beside the same metric at the
-    per-class thresholds: ("test/f1_macro", 0.5) -> "test/f1_macro@0.5"."""
-    return f"{name}@{threshold:g}"
-
-
-def is_loss(name: str) -> bool:
-    """Losses are minimised; every other metric here is maximised."""
-    return name.rsplit("/", 1)[-1].startswith(LOSS)
-
-
-def metric_mode(name: str) -> str:
-    """ "min" for a loss, "max" otherwise: the ``mode`` of a checkpoint, early-stopping or
-    plateau-scheduler callback that watches ``name``."""
-    return "min" if is_loss(name) else "max"
+from hpa.core.labels import LabelSet
+from hpa.core.metric_names import F1_MACRO, F1_SAMPLES, TEST, at_threshold, per_class_f1_name
 
 
 class MultilabelSampleF1(Metric):
@@ -93,7 +43,7 @@ class MultilabelSampleF1(Metric):
 
     def __init__(
         self,
-        num_labels: int = NUM_CLASSES,
+        num_labels: int,
         threshold: float | Sequence[float] | torch.Tensor = 0.5,
         zero_division: float = 0.0,
         **kwargs,
@@ -139,7 +89,7 @@ class MultilabelSampleF1(Metric):
         return (self.f1_sum / self.sample_count.clamp(min=1)).float()
 
 
-def build_f1_metrics(num_classes: int = NUM_CLASSES, threshold: float = 0.5) -> MetricCollection:
+def build_f1_metrics(num_classes: int, threshold: float = 0.5) -> MetricCollection:
     """Macro F1 (the Kaggle score) and sample F1, keyed ``f1_macro`` and ``f1_samples``.
 
     ``threshold`` is one float: torchmetrics' MultilabelF1Score has no per-class thresholds. For
@@ -159,7 +109,7 @@ def build_f1_metrics(num_classes: int = NUM_CLASSES, threshold: float = 0.5) -> 
     )
 
 
-def build_per_class_f1(num_classes: int = NUM_CLASSES, threshold: float = 0.5) -> MultilabelF1Score:
+def build_per_class_f1(num_classes: int, threshold: float = 0.5) -> MultilabelF1Score:
     """F1 of each class separately: ``compute()`` gives a (num_classes,) tensor."""
     return MultilabelF1Score(
         num_labels=num_classes, threshold=float(threshold), average="none", zero_division=0
@@ -179,10 +129,12 @@ class StageScores(torch.nn.Module):
     """
 
     def __init__(
-        self, num_classes: int = NUM_CLASSES, fixed_threshold: float = 0.5, stage: str = TEST
+        self, label_set: LabelSet, fixed_threshold: float = 0.5, stage: str = TEST
     ) -> None:
         super().__init__()
         self.stage = stage
+        self.label_set = label_set
+        num_classes = label_set.num_classes
         self.decided = build_f1_metrics(num_classes).clone(prefix=f"{stage}/")
         self.at_fixed = build_f1_metrics(num_classes, fixed_threshold).clone(
             prefix=f"{stage}/", postfix=at_threshold("", fixed_threshold)
@@ -201,7 +153,10 @@ class StageScores(torch.nn.Module):
         """Each class's F1 by metric name (and reset): log these at the end of the epoch."""
         values = self.per_class.compute()
         self.per_class.reset()
-        return {per_class_f1_name(self.stage, i): value for i, value in enumerate(values)}
+        return {
+            per_class_f1_name(self.stage, self.label_set, i): value
+            for i, value in enumerate(values)
+        }
 
     def compute(self) -> dict[str, float]:
         """All scores as plain floats (and reset)."""
@@ -213,14 +168,15 @@ class StageScores(torch.nn.Module):
 
 
 def score_predictions(
+    label_set: LabelSet,
     probabilities: np.ndarray,
     decisions: np.ndarray,
     targets: np.ndarray,
     fixed_threshold: float = 0.5,
     stage: str = TEST,
 ) -> dict[str, float]:
-    """The scores a test run logs (``StageScores``), from whole (N, 28) arrays."""
-    scores = StageScores(np.asarray(targets).shape[1], fixed_threshold, stage)
+    """The scores a test run logs (``StageScores``), from whole (N, classes) arrays."""
+    scores = StageScores(label_set, fixed_threshold, stage)
     scores.update(
         torch.as_tensor(np.asarray(probabilities), dtype=torch.float32),
         torch.as_tensor(np.asarray(decisions), dtype=torch.float32),
@@ -229,21 +185,25 @@ def score_predictions(
     return scores.compute()
 
 
-def per_class_report(targets: np.ndarray, predictions: np.ndarray) -> pd.DataFrame:
-    """Precision, recall, F1 and support of each class from (N, 28) 0/1 targets and predictions.
+def per_class_report(
+    label_set: LabelSet, targets: np.ndarray, predictions: np.ndarray
+) -> pd.DataFrame:
+    """Precision, recall, F1 and support of each class from (N, classes) 0/1 targets and
+    predictions.
 
     Columns: class_id, class_name, precision, recall, f1, support; one row per class, in class
     order. A score whose denominator is zero is 0, as in the metrics above.
     """
     targets = np.asarray(targets)
     predictions = np.asarray(predictions)
-    expected_shape = (targets.shape[0], NUM_CLASSES) if targets.ndim == 2 else None
+    num_classes = label_set.num_classes
+    expected_shape = (targets.shape[0], num_classes) if targets.ndim == 2 else None
     if targets.shape != expected_shape or predictions.shape != targets.shape:
         raise ValueError(
-            f"targets and predictions must both be (N, {NUM_CLASSES}) 0/1 arrays, "
+            f"targets and predictions must both be (N, {num_classes}) 0/1 arrays, "
             f"got {targets.shape} and {predictions.shape}"
         )
-    class_ids = list(range(NUM_CLASSES))
+    class_ids = list(label_set.class_ids)
     precision, recall, f1, support = precision_recall_fscore_support(
         targets.astype(int),
         predictions.astype(int),
@@ -254,7 +214,7 @@ def per_class_report(targets: np.ndarray, predictions: np.ndarray) -> pd.DataFra
     return pd.DataFrame(
         {
             "class_id": class_ids,
-            "class_name": list(CLASS_NAMES),
+            "class_name": list(label_set.class_names),
             "precision": precision,
             "recall": recall,
             "f1": f1,
@@ -263,8 +223,10 @@ def per_class_report(targets: np.ndarray, predictions: np.ndarray) -> pd.DataFra
     )
 
 
-def minority_recall(per_class: pd.DataFrame) -> float:
+def minority_recall(per_class: pd.DataFrame, minority_classes: Sequence[int]) -> float:
     """``TEST_RECALL_MINORITY`` of a per-class report (``per_class_report``): the mean recall of
-    the seed report's seven minority classes."""
-    rows = per_class["class_id"].isin(SEED_MINORITY_CLASSES)
+    the label set's minority classes (hpa2018: the seed report's seven); NaN without any."""
+    rows = per_class["class_id"].isin(list(minority_classes))
+    if not rows.any():
+        return float("nan")
     return float(per_class.loc[rows, "recall"].mean())

@@ -3,35 +3,39 @@ written into a run directory."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
+from hpa.core.labels import LabelSet
+from hpa.core.run_dir import RunDir
 from hpa.data.dataset import RGBYDataset
 from hpa.evaluation.metrics import per_class_report
 from hpa.evaluation.thresholds import binarize
-from hpa.labels import CLASS_NAMES, format_target, targets_to_matrix
-from hpa.models.module import HPAModule
-from hpa.run.run_dir import RunDir
+
+if TYPE_CHECKING:  # a module is only called here; models sit above evaluation
+    from hpa.models.module import HPAModule
 
 
 def prediction_frame(
-    ids: np.ndarray, labels: np.ndarray, probabilities: np.ndarray
+    label_set: LabelSet, ids: np.ndarray, labels: np.ndarray, probabilities: np.ndarray
 ) -> pd.DataFrame:
     """``Id``, one probability column per class name and the true ``Target``."""
-    frame = pd.DataFrame(probabilities, columns=list(CLASS_NAMES))
+    frame = pd.DataFrame(probabilities, columns=list(label_set.class_names))
     frame.insert(0, "Id", ids)
-    frame["Target"] = [format_target(row) for row in labels]
+    frame["Target"] = [label_set.format(row) for row in labels]
     return frame
 
 
-def frame_probabilities(predictions: pd.DataFrame) -> np.ndarray:
-    """The (N, 28) probabilities of a prediction frame."""
-    return predictions[list(CLASS_NAMES)].to_numpy()
+def frame_probabilities(label_set: LabelSet, predictions: pd.DataFrame) -> np.ndarray:
+    """The (N, classes) probabilities of a prediction frame."""
+    return predictions[list(label_set.class_names)].to_numpy()
 
 
-def frame_targets(predictions: pd.DataFrame) -> np.ndarray:
-    """The (N, 28) 0/1 targets of a prediction frame."""
-    return targets_to_matrix(predictions["Target"])
+def frame_targets(label_set: LabelSet, predictions: pd.DataFrame) -> np.ndarray:
+    """The (N, classes) 0/1 targets of a prediction frame."""
+    return label_set.to_matrix(predictions["Target"])
 
 
 def collected_test_frame(model: HPAModule, dataset: RGBYDataset) -> pd.DataFrame:
@@ -39,16 +43,16 @@ def collected_test_frame(model: HPAModule, dataset: RGBYDataset) -> pd.DataFrame
     rows, probabilities = model.collected_test_predictions()
     order = np.argsort(rows, kind="stable")
     rows, probabilities = rows[order], probabilities[order]
-    return prediction_frame(dataset.ids[rows], dataset.labels[rows], probabilities)
+    return prediction_frame(model.label_set, dataset.ids[rows], dataset.labels[rows], probabilities)
 
 
 def write_prediction_artifacts(
-    run_dir: RunDir, predictions: pd.DataFrame, decisions: np.ndarray
+    run_dir: RunDir, label_set: LabelSet, predictions: pd.DataFrame, decisions: np.ndarray
 ) -> pd.DataFrame:
     """Write the test predictions and the per-class report of the 0/1 ``decisions``; return the
     report."""
-    run_dir.write_test_predictions(predictions)
-    report = per_class_report(frame_targets(predictions), decisions)
+    run_dir.write_test_predictions(predictions, label_set)
+    report = per_class_report(label_set, frame_targets(label_set, predictions), decisions)
     run_dir.write_test_per_class(report)
     return report
 
@@ -60,8 +64,8 @@ def write_test_artifacts(
     both tables."""
     predictions = collected_test_frame(model, dataset)
     decisions = binarize(
-        frame_probabilities(predictions),
+        frame_probabilities(model.label_set, predictions),
         model.class_thresholds.cpu().numpy(),
         model.hparams.ensure_one_label,
     )
-    return predictions, write_prediction_artifacts(run_dir, predictions, decisions)
+    return predictions, write_prediction_artifacts(run_dir, model.label_set, predictions, decisions)

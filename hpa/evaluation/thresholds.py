@@ -16,16 +16,11 @@ on each of k overlapping parts of the validation split, averaged).
 from __future__ import annotations
 
 import inspect
-import json
-import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from hpa.errors import HPAInputError
-from hpa.io import write_json
-from hpa.labels import CLASS_NAMES, NUM_CLASSES
+from hpa.core.errors import HPAInputError
 
 DEFAULT_CANDIDATES = np.round(np.linspace(0.05, 0.95, 91), 2)
 """A fixed 0.01 grid rather than the unique validation probabilities: rare classes (a handful of
@@ -36,8 +31,8 @@ _TIE_TOLERANCE = 1e-12
 
 
 def _check_predictions(probabilities: np.ndarray, targets: np.ndarray) -> None:
-    if probabilities.ndim != 2 or probabilities.shape[1] != NUM_CLASSES:
-        raise ValueError(f"probabilities must be (N, {NUM_CLASSES}), got {probabilities.shape}")
+    if probabilities.ndim != 2 or probabilities.shape[1] == 0:
+        raise ValueError(f"probabilities must be (N, classes), got {probabilities.shape}")
     if targets.shape != probabilities.shape:
         raise ValueError(
             f"targets must match probabilities {probabilities.shape}, got {targets.shape}"
@@ -80,20 +75,21 @@ def search_thresholds(
     fallback: float = 0.5,
     min_positives: int = 1,
 ) -> np.ndarray:
-    """The F1-maximising threshold of each class on (N, 28) probabilities and 0/1 targets.
+    """The F1-maximising threshold of each class on (N, classes) probabilities and 0/1 targets.
 
     Each class takes the candidate (default ``DEFAULT_CANDIDATES``) that maximises its F1, ties
     broken toward 0.5 (the untuned default, so a flat F1 curve leaves the threshold where it was)
     and then toward the lower value. A class with fewer than ``min_positives`` positives in
-    ``targets`` has no meaningful optimum and gets ``fallback``. Returns 28 float64 values.
+    ``targets`` has no meaningful optimum and gets ``fallback``. Returns one float64 value per class.
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     targets = np.asarray(targets)
     _check_predictions(probabilities, targets)
     candidates = _check_candidates(DEFAULT_CANDIDATES if candidates is None else candidates)
     positives = targets > 0.5
-    thresholds = np.full(NUM_CLASSES, float(fallback))
-    for class_id in range(NUM_CLASSES):
+    num_classes = probabilities.shape[1]
+    thresholds = np.full(num_classes, float(fallback))
+    for class_id in range(num_classes):
         if positives[:, class_id].sum() < min_positives:
             continue
         f1 = f1_per_candidate(probabilities[:, class_id], positives[:, class_id], candidates)
@@ -105,7 +101,7 @@ def global_threshold(
     probabilities: np.ndarray, targets: np.ndarray, candidates: np.ndarray | None = None
 ) -> float:
     """The one candidate threshold (default ``DEFAULT_CANDIDATES``) that, used for every class,
-    maximises the macro F1 over the 28 classes; ties as in ``search_thresholds``. A class
+    maximises the macro F1 over the classes; ties as in ``search_thresholds``. A class
     without positives scores 0 at any threshold, so it does not move the choice."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     targets = np.asarray(targets)
@@ -114,14 +110,14 @@ def global_threshold(
     positives = targets > 0.5
     per_class = [
         f1_per_candidate(probabilities[:, k], positives[:, k], candidates)
-        for k in range(NUM_CLASSES)
+        for k in range(probabilities.shape[1])
     ]
     return _best_candidate(np.mean(per_class, axis=0), candidates)
 
 
 def rate_matched_thresholds(probabilities: np.ndarray, train_label_rate: np.ndarray) -> np.ndarray:
     """Thresholds under which each class is predicted for the share of the rows of
-    ``probabilities`` (N, 28) that it holds in the train split (``train_label_rate``, 28 values
+    ``probabilities`` (N, classes) that it holds in the train split (``train_label_rate``, one value a class
     in [0, 1]), as the 2018 winners matched predicted and label rates.
 
     Class c is predicted for k = round(rate_c * N) rows: its threshold lies midway between its
@@ -132,13 +128,14 @@ def rate_matched_thresholds(probabilities: np.ndarray, train_label_rate: np.ndar
     probabilities = np.asarray(probabilities, dtype=np.float64)
     _check_predictions(probabilities, probabilities)
     rates = np.asarray(train_label_rate, dtype=np.float64)
-    if rates.shape != (NUM_CLASSES,) or not np.all((rates >= 0) & (rates <= 1)):
-        raise ValueError(f"train_label_rate must be {NUM_CLASSES} values in [0, 1], got {rates}")
+    num_classes = probabilities.shape[1]
+    if rates.shape != (num_classes,) or not np.all((rates >= 0) & (rates <= 1)):
+        raise ValueError(f"train_label_rate must be {num_classes} values in [0, 1], got {rates}")
     if len(probabilities) == 0:
         raise ValueError("rate matching needs at least one row of probabilities")
     counts = np.rint(rates * len(probabilities)).astype(int)
     return np.array(
-        [_threshold_for_count(probabilities[:, k], counts[k]) for k in range(NUM_CLASSES)]
+        [_threshold_for_count(probabilities[:, k], counts[k]) for k in range(num_classes)]
     )
 
 
@@ -222,15 +219,15 @@ def fold_averaged_thresholds(
 def average_thresholds(threshold_vectors: Sequence[np.ndarray]) -> np.ndarray:
     """The class-wise mean of several threshold vectors (e.g. one per fold or ensemble member)."""
     stacked = np.asarray(threshold_vectors, dtype=np.float64)
-    if stacked.ndim != 2 or stacked.shape[0] == 0 or stacked.shape[1] != NUM_CLASSES:
+    if stacked.ndim != 2 or stacked.shape[0] == 0 or stacked.shape[1] == 0:
         raise ValueError(
-            f"expected one or more vectors of {NUM_CLASSES} thresholds, got shape {stacked.shape}"
+            f"expected one or more vectors of one threshold per class, got shape {stacked.shape}"
         )
     return stacked.mean(axis=0)
 
 
 def _fixed_policy(probabilities, targets, train_label_rate, threshold: float = 0.5):
-    return np.full(NUM_CLASSES, float(threshold))
+    return np.full(np.shape(probabilities)[1], float(threshold))
 
 
 def _tuned_policy(probabilities, targets, train_label_rate, threshold=0.5, candidates=None):
@@ -239,7 +236,9 @@ def _tuned_policy(probabilities, targets, train_label_rate, threshold=0.5, candi
 
 def _rate_policy(probabilities, targets, train_label_rate):
     if train_label_rate is None:
-        raise ValueError("threshold policy 'rate' needs train_label_rate (28 train label rates)")
+        raise ValueError(
+            "threshold policy 'rate' needs train_label_rate (the train split's label rate of each class)"
+        )
     return rate_matched_thresholds(probabilities, train_label_rate)
 
 
@@ -302,7 +301,7 @@ def decision_thresholds(
     train_label_rate: np.ndarray | None = None,
     **params,
 ) -> np.ndarray:
-    """28 decision thresholds chosen by ``policy`` on validation probabilities and targets.
+    """One decision threshold per class, chosen by ``policy`` on validation probabilities and targets.
 
     ``fixed``: ``threshold`` (0.5) for every class. ``tuned``: ``search_thresholds`` with
     ``threshold`` as the fallback (what ``hpa.train`` does with ``model.thresholds=tuned``).
@@ -323,67 +322,20 @@ def binarize(
     thresholds: float | np.ndarray,
     ensure_one_label: bool = True,
 ) -> np.ndarray:
-    """(N, 28) uint8 predictions: 1 where the probability is strictly above the class threshold.
+    """(N, classes) uint8 predictions: 1 where the probability is strictly above the class threshold.
 
     With ``ensure_one_label`` a row with nothing above threshold gets its most probable class,
     since every HPA image has at least one location.
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    if probabilities.ndim != 2 or probabilities.shape[1] != NUM_CLASSES:
-        raise ValueError(f"probabilities must be (N, {NUM_CLASSES}), got {probabilities.shape}")
+    if probabilities.ndim != 2 or probabilities.shape[1] == 0:
+        raise ValueError(f"probabilities must be (N, classes), got {probabilities.shape}")
+    num_classes = probabilities.shape[1]
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    if thresholds.shape not in ((), (NUM_CLASSES,)):
-        raise ValueError(f"thresholds must be a float or {NUM_CLASSES} values, got {thresholds}")
+    if thresholds.shape not in ((), (num_classes,)):
+        raise ValueError(f"thresholds must be a float or {num_classes} values, got {thresholds}")
     predictions = (probabilities > thresholds).astype(np.uint8)
     if ensure_one_label:
         empty = np.flatnonzero(predictions.sum(axis=1) == 0)
         predictions[empty, probabilities[empty].argmax(axis=1)] = 1
     return predictions
-
-
-def save_thresholds(path: str | Path, thresholds: np.ndarray) -> None:
-    """Write ``{"thresholds": {"0": t0, ...}, "class_names": {"0": name, ...}}`` atomically."""
-    values = _validated(thresholds, source="thresholds to save")
-    write_json(
-        path,
-        {
-            "thresholds": {str(i): float(value) for i, value in enumerate(values)},
-            "class_names": {str(i): name for i, name in enumerate(CLASS_NAMES)},
-        },
-    )
-
-
-def load_thresholds(path: str | Path) -> np.ndarray:
-    """Read thresholds written by ``save_thresholds``; HPAInputError naming the file if invalid."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise HPAInputError(f"{path}: cannot read thresholds JSON ({error})") from error
-    entries = data.get("thresholds") if isinstance(data, dict) else None
-    expected_keys = {str(i) for i in range(NUM_CLASSES)}
-    if not isinstance(entries, dict) or set(entries) != expected_keys:
-        raise HPAInputError(
-            f'{path}: expected a "thresholds" object with keys "0".."{NUM_CLASSES - 1}"'
-        )
-    values = [entries[str(i)] for i in range(NUM_CLASSES)]
-    # JSON strings and booleans would pass np.asarray(dtype=float); only numbers are accepted.
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise HPAInputError(f"{path}: thresholds must be numbers, got {values}")
-    return _validated(values, source=str(path))
-
-
-def _validated(values: object, source: str) -> np.ndarray:
-    """28 finite floats in [0, 1], else HPAInputError naming ``source``."""
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise HPAInputError(f"{source}: thresholds must be numbers ({error})") from error
-    if array.shape != (NUM_CLASSES,):
-        raise HPAInputError(f"{source}: expected {NUM_CLASSES} thresholds, got shape {array.shape}")
-    bad = [i for i, v in enumerate(array) if not (math.isfinite(v) and 0.0 <= v <= 1.0)]
-    if bad:
-        raise HPAInputError(
-            f"{source}: thresholds of classes {bad} are not finite values in [0, 1]"
-        )
-    return array

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
 
 log = logging.getLogger(__name__)
 

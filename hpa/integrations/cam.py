@@ -46,9 +46,9 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
 from torch import nn
 
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import CHANNELS, LabelSet
 from hpa.evaluation.thresholds import binarize
-from hpa.labels import CHANNELS, CLASS_NAMES
 from hpa.models.backbones import SeedCNN
 from hpa.models.module import HPAModule
 from hpa.plots.figures import heat_map_title
@@ -239,9 +239,11 @@ def class_activation_maps(
     if class_ids.size and not (
         np.issubdtype(class_ids.dtype, np.integer)
         and class_ids.min() >= 0
-        and class_ids.max() < len(CLASS_NAMES)
+        and class_ids.max() < module.label_set.num_classes
     ):
-        raise ValueError(f"class_ids must be integers in 0..{len(CLASS_NAMES) - 1}: {class_ids}")
+        raise ValueError(
+            f"class_ids must be integers in 0..{module.label_set.num_classes - 1}: {class_ids}"
+        )
     method_class = cam_method(method)
     layer_name = target_layer_name(module, target_layer)
 
@@ -291,6 +293,7 @@ def _cam(method_class: type[BaseCAM], model: nn.Module, layer: nn.Module) -> Ite
 
 
 def draw_explanation(
+    label_set: LabelSet,
     image: np.ndarray,
     maps: np.ndarray,
     class_ids: Sequence[int],
@@ -316,7 +319,7 @@ def draw_explanation(
         panels.append(
             (
                 heat_map_overlay(composite, heat_map),
-                heat_map_title(class_id, probability, heat_map),
+                heat_map_title(label_set, class_id, probability, heat_map),
             )
         )
     columns = min(columns or len(panels), len(panels))

@@ -37,10 +37,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
+from hpa.core.io import atomic_path
 from hpa.integrations import onnx_runtime
-from hpa.io import atomic_path
-from hpa.labels import CLASS_NAMES
 from hpa.models.module import HPAModule
 
 log = logging.getLogger(__name__)
@@ -145,12 +144,15 @@ def _input_sizes(
 def onnx_metadata(module: HPAModule, image_size: int, train_config: str) -> dict[str, str]:
     """The ``metadata_props`` of the exported file (JSON values, the config as given)."""
     thresholds = module.class_thresholds.detach().cpu().double().tolist()
-    if len(thresholds) != len(CLASS_NAMES):
+    label_set = module.label_set
+    if len(thresholds) != label_set.num_classes:
         raise HPAInputError(
-            f"the module has {len(thresholds)} classes, the HPA class list {len(CLASS_NAMES)}"
+            f"the module has {len(thresholds)} thresholds, its label set {label_set.name} "
+            f"{label_set.num_classes} classes"
         )
     return {
-        onnx_runtime.CLASS_NAMES_KEY: json.dumps(list(CLASS_NAMES)),
+        onnx_runtime.CLASS_NAMES_KEY: json.dumps(list(label_set.class_names)),
+        onnx_runtime.LABEL_SET_KEY: json.dumps(label_set.to_dict()),
         onnx_runtime.THRESHOLDS_KEY: json.dumps(thresholds),
         onnx_runtime.ENSURE_ONE_LABEL_KEY: json.dumps(bool(module.hparams.ensure_one_label)),
         onnx_runtime.IMAGE_SIZE_KEY: json.dumps(int(image_size)),

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018, LabelSet
 from hpa.evaluation.thresholds import binarize
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ OUTPUT_NAME = "probabilities"
 
 # metadata_props keys of the exported file; the values are JSON, except the training config
 CLASS_NAMES_KEY = "hpa.class_names"
+LABEL_SET_KEY = "hpa.label_set"  # LabelSet.to_dict(); files exported before it: the 2018 set
 THRESHOLDS_KEY = "hpa.class_thresholds"
 ENSURE_ONE_LABEL_KEY = "hpa.ensure_one_label"
 IMAGE_SIZE_KEY = "hpa.image_size"
@@ -75,8 +77,8 @@ def open_session(
 class OnnxPredictor:
     """Probabilities and 0/1 decisions of uint8 RGBY batches from an exported .onnx file.
 
-    Attributes read from the file's metadata: ``class_names`` (28 names), ``thresholds`` (28
-    floats), ``ensure_one_label``, ``image_size`` (the side in pixels the images must have),
+    Attributes read from the file's metadata: ``label_set`` and its ``class_names``,
+    ``thresholds`` (one float per class), ``ensure_one_label``, ``image_size`` (the side in pixels the images must have),
     ``model_name`` and ``train_config`` (the training config as text; "" when not recorded).
     """
 
@@ -106,6 +108,7 @@ class OnnxPredictor:
                 f"{self.path}: {len(self.class_names)} class names but thresholds of shape "
                 f"{self.thresholds.shape} in its metadata"
             )
+        self.label_set = _label_set(self.path, metadata.get(LABEL_SET_KEY), self.class_names)
         self.model_name = metadata.get(MODEL_NAME_KEY, "")
         self.train_config = metadata.get(TRAIN_CONFIG_KEY, "")
 
@@ -114,7 +117,7 @@ class OnnxPredictor:
         return self.session.get_providers()
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(N, 28) float32 probabilities of a uint8 (N, 4, S, S) RGBY batch."""
+        """(N, classes) float32 probabilities of a uint8 (N, 4, S, S) RGBY batch."""
         images = np.ascontiguousarray(images)
         expected = (4, self.image_size, self.image_size)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
@@ -126,10 +129,26 @@ class OnnxPredictor:
         return probabilities
 
     def decide(self, probabilities: np.ndarray) -> np.ndarray:
-        """(N, 28) uint8 0/1 decisions at the file's thresholds (``hpa.thresholds.binarize``)."""
+        """(N, classes) uint8 0/1 decisions at the file's thresholds (``binarize``)."""
         return binarize(probabilities, self.thresholds, self.ensure_one_label)
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, decisions) of a uint8 (N, 4, S, S) RGBY batch."""
         probabilities = self.probabilities(images)
         return probabilities, self.decide(probabilities)
+
+
+def _label_set(path: Path, stored: str | None, class_names: Sequence[str]) -> LabelSet:
+    """The label set in a file's metadata; files exported before label sets hold the 2018
+    class names only."""
+    if stored is None:
+        if list(class_names) != list(HPA2018.class_names):
+            raise HPAInputError(f"{path}: class names in its metadata but no label set")
+        return HPA2018
+    try:
+        label_set = LabelSet.from_dict(json.loads(stored))
+    except (ValueError, TypeError) as error:
+        raise HPAInputError(f"{path}: unreadable label set in its metadata ({error})") from None
+    if list(label_set.class_names) != list(class_names):
+        raise HPAInputError(f"{path}: its label set and class names disagree")
+    return label_set

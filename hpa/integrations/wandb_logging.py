@@ -24,11 +24,10 @@ from omegaconf import OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
 
-from hpa.evaluation import metrics
+from hpa.core import metric_names
+from hpa.core.secrets import redact
 from hpa.evaluation.comparison import run_label
-from hpa.labels import CLASS_NAMES, NUM_CLASSES
 from hpa.plots.rgby import class_names_of, rgby_composite
-from hpa.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +121,11 @@ class WandbReport(pl.Callback):
             return
         import wandb
 
+        label_set = pl_module.label_set
         counts = {split: datasets[split].labels.sum(axis=0) for split in SPLITS}
         rows = [
-            [class_id, CLASS_NAMES[class_id], *(int(counts[split][class_id]) for split in SPLITS)]
-            for class_id in range(NUM_CLASSES)
+            [class_id, name, *(int(counts[split][class_id]) for split in SPLITS)]
+            for class_id, name in enumerate(label_set.class_names)
         ]
         rows.append([-1, "images", *(len(datasets[split]) for split in SPLITS)])
         table = wandb.Table(columns=["class_id", "class", *SPLITS], data=rows)
@@ -156,10 +156,12 @@ class WandbReport(pl.Callback):
             return
         import wandb
 
+        label_set = pl_module.label_set
         pictures = [
             wandb.Image(
                 rgby_composite(image),
-                caption=f"true: {class_names_of(target)}\npredicted: {class_names_of(prediction)}",
+                caption=f"true: {class_names_of(label_set, target)}\n"
+                f"predicted: {class_names_of(label_set, prediction)}",
             )
             for image, target, prediction in self._examples
         ]
@@ -172,15 +174,19 @@ class WandbReport(pl.Callback):
             return
         import wandb
 
+        label_set = pl_module.label_set
         datasets = getattr(trainer.datamodule, "datasets", {})
         support = (
-            datasets["test"].labels.sum(axis=0) if "test" in datasets else np.zeros(NUM_CLASSES)
+            datasets["test"].labels.sum(axis=0)
+            if "test" in datasets
+            else np.zeros(label_set.num_classes)
         )
         rows = []
-        for class_id in range(NUM_CLASSES):
-            value = trainer.callback_metrics.get(metrics.per_class_f1_name("test", class_id))
+        for class_id, name in enumerate(label_set.class_names):
+            metric = metric_names.per_class_f1_name(metric_names.TEST, label_set, class_id)
+            value = trainer.callback_metrics.get(metric)
             if value is not None:
-                rows.append([class_id, CLASS_NAMES[class_id], float(value), int(support[class_id])])
+                rows.append([class_id, name, float(value), int(support[class_id])])
         if not rows:
             return
         table = wandb.Table(columns=["class_id", "class", "f1", "support"], data=rows)

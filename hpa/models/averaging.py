@@ -25,7 +25,7 @@ import torch
 from pytorch_lightning.callbacks import WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn, update_bn
 
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Backbones mapping a (B, 4, H, W) RGBY image batch to (B, num_classes) logits.
 
-``create_backbone("seed_cnn")`` builds the seed report's small CNN; any other name is a timm model.
+``create_backbone("seed_cnn", num_classes)`` builds the seed report's small CNN; any other name is a timm model.
 Pretrained timm weights are RGB: the stem conv is widened to RGBY by keeping the RGB filters and
 copying the red filter for the yellow channel, as the 2018 HPA Kaggle winners did.
 """
@@ -16,8 +16,6 @@ import timm
 import torch
 from timm.models import load_state_dict
 from torch import nn
-
-from hpa.labels import NUM_CLASSES
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +39,7 @@ class SeedCNN(nn.Module):
 
     def __init__(
         self,
-        num_classes: int = NUM_CLASSES,
+        num_classes: int,
         in_chans: int = 4,
         drop_rate: float = 0.0,
         pooled_size: int = 6,
@@ -91,7 +89,7 @@ def _seed_conv_block(in_channels: int, out_channels: int, drop_rate: float) -> n
 
 def create_backbone(
     name: str,
-    num_classes: int = NUM_CLASSES,
+    num_classes: int,
     in_chans: int = 4,
     pretrained: bool = False,
     pretrained_path: str | None = None,

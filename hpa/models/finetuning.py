@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BackboneFinetuning as LightningBackboneFinetuning
 from torch.optim import Optimizer
 
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
 
 
 class BackboneFinetuning(LightningBackboneFinetuning):

@@ -1,4 +1,4 @@
-"""Multilabel losses over (B, 28) logits and (B, 28) float 0/1 targets."""
+"""Multilabel losses over (B, classes) logits and (B, classes) float 0/1 targets."""
 
 from __future__ import annotations
 
@@ -10,44 +10,58 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from hpa.labels import KAGGLE_CLASS_COUNTS, NUM_CLASSES, NUM_KAGGLE_TRAIN_IMAGES
-
 BALANCED = "balanced"
 REDUCTIONS = ("mean", "sum", "none")
 
 
 def balanced_pos_weight(
-    class_counts: Sequence[int] = KAGGLE_CLASS_COUNTS,
-    num_images: int = NUM_KAGGLE_TRAIN_IMAGES,
+    class_counts: Sequence[int],
+    num_images: int,
     max_pos_weight: float | None = 10.0,
 ) -> torch.Tensor:
     """Per-class positive weight (N - n_c) / n_c, clipped to ``max_pos_weight`` (None: no clip).
 
-    With this weight a class's positives weigh as much in the loss as its negatives; the clip
-    keeps the rarest classes (n_c of 11 out of 31,072) from dominating the gradient.
+    ``class_counts`` (n_c) and ``num_images`` (N) are those of the run's own train split. With
+    this weight a class's positives weigh as much in the loss as its negatives; the clip keeps
+    the rarest classes (a few dozen images out of tens of thousands) from dominating the gradient.
+    Two counts have no ratio to balance and get a defined weight: a class with no train positive
+    gets ``max_pos_weight`` (1 without a clip; it has no positive term to weigh anyway), and a
+    class that every train image holds gets 1.
     """
     counts = torch.as_tensor(list(class_counts), dtype=torch.float32)
-    if (counts <= 0).any() or (counts > num_images).any():
-        raise ValueError(f"class counts must lie in 1..{num_images}, got {counts.tolist()}")
-    weights = (num_images - counts) / counts
+    if counts.ndim != 1 or counts.numel() == 0:
+        raise ValueError(f"class counts must be one count per class, got {counts.tolist()}")
+    if num_images <= 0 or (counts < 0).any() or (counts > num_images).any():
+        raise ValueError(f"class counts must lie in 0..{num_images}, got {counts.tolist()}")
+    weights = (num_images - counts) / counts.clamp(min=1)
     if max_pos_weight is not None:
         weights = weights.clamp(max=max_pos_weight)
-    return weights
+    absent_weight = 1.0 if max_pos_weight is None else float(max_pos_weight)
+    weights = torch.where(counts == 0, torch.tensor(absent_weight), weights)
+    return torch.where(counts == num_images, torch.tensor(1.0), weights)
 
 
 def _pos_weight_tensor(
-    pos_weight: Sequence[float] | str | None, max_pos_weight: float | None
+    pos_weight: Sequence[float] | str | None,
+    max_pos_weight: float | None,
+    class_counts: Sequence[int] | None,
+    num_images: int | None,
 ) -> torch.Tensor | None:
     if pos_weight is None:
         return None
     if isinstance(pos_weight, str):
         if pos_weight != BALANCED:
             raise ValueError(f"pos_weight must be {BALANCED!r}, a list or None, got {pos_weight!r}")
-        return balanced_pos_weight(max_pos_weight=max_pos_weight)
+        if class_counts is None or num_images is None:
+            raise ValueError(
+                "pos_weight='balanced' needs the train split's class_counts and num_images "
+                "(hpa.run.builders passes them from the run's data)"
+            )
+        return balanced_pos_weight(class_counts, num_images, max_pos_weight=max_pos_weight)
     # list() also accepts the ListConfig that Hydra passes for a list in the config.
     weights = torch.as_tensor(list(pos_weight), dtype=torch.float32)
-    if weights.shape != (NUM_CLASSES,):
-        raise ValueError(f"pos_weight needs {NUM_CLASSES} values, got {weights.numel()}")
+    if weights.ndim != 1 or weights.numel() == 0:
+        raise ValueError(f"pos_weight needs one value per class, got {weights.tolist()}")
     if (weights <= 0).any():
         raise ValueError(f"pos_weight values must be positive, got {weights.tolist()}")
     return weights
@@ -61,8 +75,9 @@ def _check_reduction(reduction: str) -> None:
 class BCEWithLogitsLoss(nn.Module):
     """Binary cross-entropy on logits, optionally weighting each class's positives.
 
-    ``pos_weight``: None (no weighting), ``"balanced"`` (see ``balanced_pos_weight``, from the
-    Kaggle train.csv class counts, clipped to ``max_pos_weight``) or 28 explicit values.
+    ``pos_weight``: None (no weighting), ``"balanced"`` (see ``balanced_pos_weight``, from
+    ``class_counts`` and ``num_images`` of the run's train split, which ``hpa.run.builders``
+    passes in, clipped to ``max_pos_weight``) or one explicit value per class.
     """
 
     pos_weight: torch.Tensor | None
@@ -72,13 +87,14 @@ class BCEWithLogitsLoss(nn.Module):
         pos_weight: Sequence[float] | str | None = None,
         max_pos_weight: float | None = 10.0,
         reduction: str = "mean",
+        class_counts: Sequence[int] | None = None,
+        num_images: int | None = None,
     ) -> None:
         super().__init__()
         _check_reduction(reduction)
         self.reduction = reduction
-        self.register_buffer(
-            "pos_weight", _pos_weight_tensor(pos_weight, max_pos_weight), persistent=False
-        )
+        weights = _pos_weight_tensor(pos_weight, max_pos_weight, class_counts, num_images)
+        self.register_buffer("pos_weight", weights, persistent=False)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # float32 keeps the loss accurate when the model (and this buffer) run in half precision.

@@ -11,12 +11,14 @@ import torch
 from hydra.utils import instantiate
 from pytorch_lightning.callbacks import BaseFinetuning
 
+from hpa.core import metric_names
+from hpa.core.distributed import all_gather_rows
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import HPA2018, LabelSet
 from hpa.evaluation import metrics
 from hpa.evaluation.thresholds import binarize, check_policy
 from hpa.evaluation.tta import center_crop, check_tta_options, predict_with_tta
-from hpa.labels import NUM_CLASSES
 from hpa.models.backbones import create_backbone
-from hpa.run.distributed import all_gather_rows
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,12 @@ class HPAModule(pl.LightningModule):
 
     Input: uint8 images (B, 4, H, W) in RGBY order, as the datasets give them; the module scales
     them to 0..1 and normalises each channel with ``channel_mean``/``channel_std`` (saved in the
-    checkpoint, so a checkpoint predicts on raw images by itself). Output: (B, 28) logits.
+    checkpoint, so a checkpoint predicts on raw images by itself). Output: (B, classes) logits,
+    one per class of ``labels``.
+
+    ``labels`` is the run's label set (``hpa.core.labels.LabelSet.to_dict``), stored with the
+    hyper-parameters so that a checkpoint knows its classes; ``label_set`` gives it back. A
+    checkpoint saved before label sets (``num_classes`` only) has the 2018 classes.
 
     ``loss``, ``optimizer`` and ``scheduler`` are plain Hydra config mappings (``_target_`` ...),
     kept as hyper-parameters so that ``load_from_checkpoint`` rebuilds the module unaided.
@@ -64,8 +71,9 @@ class HPAModule(pl.LightningModule):
         scheduler: Mapping | None = None,
         channel_mean: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
         channel_std: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
-        num_classes: int = NUM_CLASSES,
-        monitor: str = metrics.VAL_F1_MACRO,
+        labels: Mapping | None = None,
+        num_classes: int | None = None,
+        monitor: str = metric_names.VAL_F1_MACRO,
         tta: str = "none",
         tta_reduce: str = "mean",
         tta_crop_size: int | None = None,
@@ -75,6 +83,8 @@ class HPAModule(pl.LightningModule):
         check_tta_options(tta, tta_reduce, tta_crop_size)
         check_policy(thresholds, threshold_params)
         self.save_hyperparameters()
+        self.label_set = _label_set(labels, num_classes)
+        num_classes = self.label_set.num_classes
         self.backbone = create_backbone(
             name,
             num_classes=num_classes,
@@ -86,6 +96,7 @@ class HPAModule(pl.LightningModule):
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.criterion = instantiate(dict(loss or DEFAULT_LOSS))
+        _check_pos_weight(self.criterion, self.label_set)
         self.register_buffer("channel_mean", _channel_tensor(channel_mean), persistent=True)
         self.register_buffer("channel_std", _channel_tensor(channel_std), persistent=True)
         # Per-class decision thresholds used at test time; `threshold` for every class until
@@ -93,9 +104,9 @@ class HPAModule(pl.LightningModule):
         self.register_buffer("class_thresholds", torch.full((num_classes,), float(threshold)))
 
         self.val_metrics = metrics.build_f1_metrics(num_classes, threshold).clone(
-            prefix=f"{metrics.VAL}/"
+            prefix=f"{metric_names.VAL}/"
         )
-        self.test_scores = metrics.StageScores(num_classes, fixed_threshold=threshold)
+        self.test_scores = metrics.StageScores(self.label_set, fixed_threshold=threshold)
         # test outputs gathered for test_predictions.csv: dataset row -> probabilities
         self.test_indices: list[torch.Tensor] = []
         self.test_probabilities: list[torch.Tensor] = []
@@ -160,14 +171,14 @@ class HPAModule(pl.LightningModule):
         loss, _ = self._shared_step(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
-        self.log(metrics.TRAIN_LOSS, loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log(metric_names.TRAIN_LOSS, loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         loss, logits = self._shared_step(batch)
         self.val_metrics.update(torch.sigmoid(logits), batch["target"].int())
         # sync_dist: under DDP the mean over all ranks' samples (F1 metrics sync themselves)
-        self.log(metrics.VAL_LOSS, loss, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log(metric_names.VAL_LOSS, loss, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
 
     def on_test_epoch_start(self) -> None:
@@ -183,7 +194,7 @@ class HPAModule(pl.LightningModule):
         loss, logits = self._shared_step(plain)
         probabilities = self.probabilities(batch["image"], logits)
         self.test_scores.update(probabilities, self.decide(probabilities), batch["target"])
-        self.log(metrics.TEST_LOSS, loss, on_epoch=True, sync_dist=True)
+        self.log(metric_names.TEST_LOSS, loss, on_epoch=True, sync_dist=True)
         self.log_dict(self.test_scores.decided, on_epoch=True)
         self.log_dict(self.test_scores.at_fixed, on_epoch=True)
         self.test_indices.append(batch["index"].detach().cpu())
@@ -198,9 +209,9 @@ class HPAModule(pl.LightningModule):
             )
 
     def collected_test_predictions(self) -> tuple[np.ndarray, np.ndarray]:
-        """(dataset rows, probabilities N x 28) seen by the last test run."""
+        """(dataset rows, probabilities N x classes) seen by the last test run."""
         if not self.test_indices:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, self.hparams.num_classes))
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.label_set.num_classes))
         rows = torch.cat(self.test_indices).numpy()
         probabilities = torch.cat(self.test_probabilities).numpy()
         return rows, probabilities
@@ -223,6 +234,29 @@ class HPAModule(pl.LightningModule):
                 "monitor": self.hparams.monitor,  # read by ReduceLROnPlateau only
             },
         }
+
+
+def _label_set(labels: Mapping | None, num_classes: int | None) -> LabelSet:
+    """The module's label set: ``labels`` when given, else the 2018 classes (checkpoints saved
+    before label sets, whose ``num_classes`` must then be the 2018 count)."""
+    label_set = HPA2018 if labels is None else LabelSet.from_dict(labels)
+    if num_classes is not None and num_classes != label_set.num_classes:
+        raise HPAInputError(
+            f"num_classes={num_classes} does not match the label set {label_set.name} "
+            f"({label_set.num_classes} classes)"
+        )
+    return label_set
+
+
+def _check_pos_weight(criterion: torch.nn.Module, label_set: LabelSet) -> None:
+    """HPAInputError when a loss weighs positives of another number of classes."""
+    for module in criterion.modules():
+        weights = getattr(module, "pos_weight", None)
+        if isinstance(weights, torch.Tensor) and weights.numel() != label_set.num_classes:
+            raise HPAInputError(
+                f"loss.pos_weight has {weights.numel()} values; the label set "
+                f"{label_set.name} has {label_set.num_classes} classes"
+            )
 
 
 def _channel_tensor(values: Sequence[float]) -> torch.Tensor:

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import timm
 import torch
 
-from hpa.errors import HPAInputError
+from hpa.core.errors import HPAInputError
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Pure plotting functions: plain tables and arrays in, matplotlib Figures out (drawn with the Agg
-canvas, without pyplot, at a fixed size and dpi). Run reports (hpa.evaluation.run_report) and the
+canvas, without pyplot, at a fixed size and dpi). Run reports (hpa.run.reporting) and the
 notebooks draw with these."""
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from hpa.evaluation import metrics
-from hpa.io import write_bytes
-from hpa.labels import CLASS_NAMES, NUM_CLASSES
+from hpa.core import metric_names
+from hpa.core.io import write_bytes
+from hpa.core.labels import LabelSet
 from hpa.plots.rgby import class_names_of, heat_map_overlay, rgby_composite
 
 DPI = 100
 FIGURE_SIZES: dict[str, tuple[float, float]] = {
+    "cell_predictions": (14, 14),
+    "cell_ap": (10, 6),
     "training_curves": (10.0, 4.0),
     "per_class_f1": (8.0, 9.0),
     "precision_recall": (14.0, 16.0),
@@ -60,10 +62,10 @@ def plot_training_curves(per_epoch: pd.DataFrame) -> Figure:
     figure = new_figure("training_curves")
     loss_axes, f1_axes = figure.subplots(1, 2)
     for name, axes in (
-        (metrics.TRAIN_LOSS, loss_axes),
-        (metrics.VAL_LOSS, loss_axes),
-        (metrics.VAL_F1_MACRO, f1_axes),
-        (metrics.VAL_F1_SAMPLES, f1_axes),
+        (metric_names.TRAIN_LOSS, loss_axes),
+        (metric_names.VAL_LOSS, loss_axes),
+        (metric_names.VAL_F1_MACRO, f1_axes),
+        (metric_names.VAL_F1_SAMPLES, f1_axes),
     ):
         values = per_epoch[name].dropna()
         axes.plot(values.index, values.to_numpy(), marker="o", label=name)
@@ -94,18 +96,27 @@ def plot_per_class_f1(per_class: pd.DataFrame, macro_f1: float | None = None) ->
     return figure
 
 
+PANEL_COLUMNS = 4
+
+
 def plot_precision_recall(
-    targets: np.ndarray, probabilities: np.ndarray, operating_points: pd.DataFrame | None = None
+    label_set: LabelSet,
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    operating_points: pd.DataFrame | None = None,
 ) -> Figure:
     """One panel per class: its precision-recall curve and average precision; the precision and
     recall at the run's decision thresholds (``operating_points``, a per-class table) as a dot."""
-    # fixed margins: the constrained layout of 28 panels takes seconds
+    # fixed margins: the constrained layout of a few dozen panels takes seconds
     figure = new_figure("precision_recall", layout=None)
     figure.subplots_adjust(left=0.05, right=0.99, bottom=0.04, top=0.97, hspace=0.45, wspace=0.1)
-    grid = figure.subplots(7, 4, sharex=True, sharey=True)
-    for class_id, axes in enumerate(grid.flat):
+    rows = -(-label_set.num_classes // PANEL_COLUMNS)
+    grid = figure.subplots(rows, PANEL_COLUMNS, sharex=True, sharey=True, squeeze=False)
+    for axes in grid.flat[label_set.num_classes :]:
+        axes.set_axis_off()
+    for class_id, axes in zip(label_set.class_ids, grid.flat, strict=False):
         truth = targets[:, class_id]
-        title = f"{class_id} {CLASS_NAMES[class_id]}"
+        title = f"{class_id} {label_set.class_names[class_id]}"
         if truth.sum() == 0:
             axes.text(0.5, 0.5, "no positives\nin the test split", ha="center", va="center")
             axes.set_title(title, fontsize=8)
@@ -126,6 +137,7 @@ def plot_precision_recall(
 
 
 def plot_class_values(
+    label_set: LabelSet,
     series: Mapping[str, Sequence[float]],
     ylabel: str,
     title: str,
@@ -136,22 +148,27 @@ def plot_class_values(
     before and after oversampling...), classes along the x axis."""
     figure = new_figure(name)
     axes = figure.subplots()
-    positions = np.arange(NUM_CLASSES)
+    positions = np.arange(label_set.num_classes)
     width = 0.8 / max(len(series), 1)
     for index, (label, values) in enumerate(series.items()):
         axes.bar(positions + (index - (len(series) - 1) / 2) * width, values, width, label=label)
     if log_scale:
         axes.set_yscale("log")
-    axes.set_xticks(positions, [f"{i} {n}" for i, n in enumerate(CLASS_NAMES)], rotation=75)
+    ticks = [f"{i} {n}" for i, n in enumerate(label_set.class_names)]
+    axes.set_xticks(positions, ticks, rotation=75)
     axes.tick_params(axis="x", labelsize=7)
-    axes.set(ylabel=ylabel, title=title, xlim=(-0.6, NUM_CLASSES - 0.4))
+    axes.set(ylabel=ylabel, title=title, xlim=(-0.6, label_set.num_classes - 0.4))
     axes.legend()
     axes.grid(axis="y", alpha=0.3)
     return figure
 
 
 def plot_image_grid(
-    images: Sequence[np.ndarray], true: np.ndarray, predicted: np.ndarray, ids: Sequence[str]
+    label_set: LabelSet,
+    images: Sequence[np.ndarray],
+    true: np.ndarray,
+    predicted: np.ndarray,
+    ids: Sequence[str],
 ) -> Figure:
     """RGBY images (4 x H x W) as composites in a 4 x 4 grid, titled with their true and
     predicted classes: green when the two sets agree, red otherwise."""
@@ -166,8 +183,8 @@ def plot_image_grid(
         caption = "\n".join(
             [
                 ids[index][:13],
-                *textwrap.wrap("true: " + _short_names(true[index]), 44),
-                *textwrap.wrap("pred: " + _short_names(predicted[index]), 44),
+                *textwrap.wrap("true: " + _short_names(label_set, true[index]), 44),
+                *textwrap.wrap("pred: " + _short_names(label_set, predicted[index]), 44),
             ]
         )
         axes.set_title(caption, fontsize=7, color="tab:green" if agree else "tab:red")
@@ -179,14 +196,17 @@ CAM_GRID_COLUMNS = 4
 """The class activation map grid: one image per row, its composite then up to 3 maps."""
 
 
-def heat_map_title(class_id: int, probability: float, heat_map: np.ndarray) -> str:
+def heat_map_title(
+    label_set: LabelSet, class_id: int, probability: float, heat_map: np.ndarray
+) -> str:
     """``class name``, ``p = probability`` and, for a map that is zero everywhere (nothing in
     the layer speaks for the class: GradCAM keeps only positive evidence), a note saying so."""
-    title = f"{CLASS_NAMES[class_id]}\np = {probability:.2f}"
+    title = f"{label_set.class_names[class_id]}\np = {probability:.2f}"
     return title + " (empty map)" if not np.any(heat_map > 0) else title
 
 
 def plot_class_activation_maps(
+    label_set: LabelSet,
     images: Sequence[np.ndarray],
     maps: Sequence[np.ndarray],
     class_ids: Sequence[Sequence[int]],
@@ -217,19 +237,20 @@ def plot_class_activation_maps(
         panels = zip(image_maps, image_classes, image_probabilities, row[1:], strict=False)
         for heat_map, class_id, probability, axes in panels:
             axes.imshow(heat_map_overlay(composite, heat_map), interpolation="nearest")
-            axes.set_title(heat_map_title(class_id, probability, heat_map), fontsize=8)
+            title = heat_map_title(label_set, class_id, probability, heat_map)
+            axes.set_title(title, fontsize=8)
     figure.suptitle(f"{method}: where the model finds each predicted class", fontsize=11)
     return figure
 
 
-def _short_names(multi_hot: np.ndarray, most: int = 4) -> str:
+def _short_names(label_set: LabelSet, multi_hot: np.ndarray, most: int = 4) -> str:
     """Class names of a multi-hot row; past ``most`` classes, the rest as a count."""
     class_ids = np.flatnonzero(multi_hot)
     if len(class_ids) <= most:
-        return class_names_of(multi_hot)
+        return class_names_of(label_set, multi_hot)
     shown = np.zeros_like(multi_hot)
     shown[class_ids[:most]] = 1
-    return f"{class_names_of(shown)} +{len(class_ids) - most} more"
+    return f"{class_names_of(label_set, shown)} +{len(class_ids) - most} more"
 
 
 def plot_f1_heatmap(table: pd.DataFrame) -> Figure:
@@ -247,4 +268,82 @@ def plot_f1_heatmap(table: pd.DataFrame) -> Figure:
     axes.set_yticks(range(len(table)), table.index, fontsize=8)
     axes.set_title("test F1 per class and run")
     figure.colorbar(image, ax=axes, label="F1")
+    return figure
+
+
+CELL_GRID = 3
+"""The cell figure: a 3 x 3 grid of test images."""
+
+
+def class_colours(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) RGB colours in 0..255, one per class, far apart for up to ~20."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"](np.linspace(0, 1, 20))[:, :3]
+    return np.round(palette[np.arange(num_classes) % 20] * 255).astype(np.uint8)
+
+
+def plot_cell_predictions(
+    label_set: LabelSet,
+    images: Sequence[np.ndarray],
+    cells: Sequence[np.ndarray],
+    cell_classes: Sequence[Mapping[int, int]],
+    ids: Sequence[str],
+) -> Figure:
+    """Test images (uint8 4 x S x S) as RGBY composites with each cell's outline (``cells[i]``,
+    an S x S label image) coloured by its predicted class (``cell_classes[i]``: cell id -> class
+    id, the cell's top-scoring class); a legend names the colours shown."""
+    from skimage.segmentation import find_boundaries
+
+    figure = new_figure("cell_predictions")
+    grid = figure.subplots(CELL_GRID, CELL_GRID, squeeze=False)
+    colours = class_colours(label_set.num_classes)
+    shown: set[int] = set()
+    for index, axes in enumerate(grid.flat):
+        axes.set_axis_off()
+        if index >= len(images):
+            continue
+        picture = rgby_composite(images[index]).copy()
+        labels = cells[index]
+        for cell_id, class_id in cell_classes[index].items():
+            outline = find_boundaries(labels == cell_id, mode="thick")
+            picture[outline] = colours[class_id]
+            shown.add(class_id)
+        axes.imshow(picture, interpolation="nearest")
+        axes.set_title(f"{ids[index][:13]} ({len(cell_classes[index])} cells)", fontsize=8)
+    handles = [
+        _patch(colours[class_id] / 255.0, f"{class_id} {label_set.class_names[class_id]}")
+        for class_id in sorted(shown)
+    ]
+    if handles:
+        figure.legend(handles=handles, loc="lower center", ncol=4, fontsize=8)
+    figure.suptitle("each cell's outline in the colour of its top-scoring class", fontsize=11)
+    return figure
+
+
+def _patch(colour: np.ndarray, label: str):
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor=colour, edgecolor="black", label=label)
+
+
+def plot_cell_ap(per_class: pd.DataFrame, cell_map: float | None) -> Figure:
+    """Horizontal bars of each class's cell AP at mask IoU 0.6 (``test_cell_ap.csv``: class_id,
+    class_name, ap, truth_cells); classes without truth cells are left out."""
+    scored = per_class.dropna(subset=["ap"])
+    figure = new_figure("cell_ap")
+    axes = figure.subplots()
+    positions = np.arange(len(scored))
+    axes.barh(positions, scored["ap"], color="tab:purple")
+    labels = [
+        f"{row.class_id} {row.class_name} (n={int(row.truth_cells)})" for row in scored.itertuples()
+    ]
+    for position, value in zip(positions, scored["ap"], strict=True):
+        axes.text(value + 0.01, position, f"{value:.2f}", va="center", fontsize=7)
+    if cell_map is not None and math.isfinite(cell_map):
+        axes.axvline(cell_map, color="tab:red", linestyle="--", label=f"cell mAP {cell_map:.3f}")
+        axes.legend(loc="lower right")
+    axes.set_yticks(positions, labels, fontsize=8)
+    axes.invert_yaxis()
+    axes.set(xlim=(0, 1.1), xlabel="AP at mask IoU 0.6 (test cells)", title="cell AP per class")
     return figure

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 from matplotlib import colormaps
 
-from hpa.labels import CLASS_NAMES
+from hpa.core.labels import LabelSet
 
 OVERLAY_ALPHA = 0.5
 """The heat map's share of each pixel of ``heat_map_overlay``."""
@@ -27,9 +27,9 @@ def rgby_composite(image: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def class_names_of(multi_hot: Iterable) -> str:
+def class_names_of(label_set: LabelSet, multi_hot: Iterable) -> str:
     """``[1, 0, ..., 1, 0]`` -> ``"Nucleoplasm, Cytosol"``."""
-    return ", ".join(CLASS_NAMES[i] for i, on in enumerate(multi_hot) if on)
+    return ", ".join(label_set.class_names[i] for i, on in enumerate(multi_hot) if on)
 
 
 def heat_map_overlay(picture: np.ndarray, heat_map: np.ndarray) -> np.ndarray:

@@ -7,15 +7,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
+from hpa.core.labels import HPA2018, build_label_set
+from hpa.core.metric_names import VAL_F1_MACRO
+from hpa.core.secrets import redact
 from hpa.data.datamodule import HPADataModule
-from hpa.evaluation.metrics import VAL_F1_MACRO
+from hpa.models.checkpoints import initialize_from
+from hpa.models.losses import BALANCED
 from hpa.models.module import HPAModule
-from hpa.run.checkpoints import initialize_from
-from hpa.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +32,29 @@ def _plain(config: DictConfig | Mapping | None):
 
 
 def build_datamodule(cfg: DictConfig) -> HPADataModule:
-    return instantiate(
-        cfg.data,
-        augment=_plain(cfg.get("augment")),
-        _recursive_=False,
-        _convert_="all",
+    """The data module of ``cfg.data`` (its ``_target_`` class, built by its ``from_config``),
+    with the label set of ``cfg.labels`` and the augmentation of ``cfg.augment``."""
+    return _datamodule_class(cfg.data).from_config(
+        cfg.data, build_label_set(_plain(cfg.get("labels"))), _plain(cfg.get("augment"))
     )
 
 
+def _datamodule_class(data_cfg: DictConfig) -> type[HPADataModule]:
+    target = data_cfg.get("_target_")
+    return HPADataModule if target is None else get_class(target)
+
+
 def build_module(cfg: DictConfig, datamodule: HPADataModule) -> HPAModule:
-    """The LightningModule of ``cfg.model``, with the loss, optimizer and scheduler groups and the
-    channel statistics of the datamodule's train split. With ``model.init_from=CKPT`` its network
-    starts from that checkpoint's weights (no pretrained weights are fetched)."""
+    """The LightningModule of ``cfg.model``, with the loss, optimizer and scheduler groups, the
+    datamodule's label set and the channel and class statistics of its train split (a loss with
+    ``pos_weight: balanced`` gets the split's class counts). With ``model.init_from=CKPT`` its
+    network starts from that checkpoint's weights (no pretrained weights are fetched)."""
     init_from = cfg.model.get("init_from")
     overrides = {"pretrained": False, "pretrained_path": None} if init_from else {}
     module = instantiate(
         cfg.model,
-        loss=_plain(cfg.get("loss")),
+        loss=with_train_class_counts(_plain(cfg.get("loss")), datamodule.class_statistics),
+        labels=datamodule.label_set.to_dict(),
         optimizer=_plain(cfg.get("optimizer")),
         scheduler=_plain(cfg.get("scheduler")),
         channel_mean=datamodule.channel_mean.tolist(),
@@ -59,6 +67,22 @@ def build_module(cfg: DictConfig, datamodule: HPADataModule) -> HPAModule:
     if init_from:
         initialize_from(module, init_from)
     return module
+
+
+def with_train_class_counts(loss: Mapping | None, statistics) -> Mapping | None:
+    """The loss config with ``class_counts`` and ``num_images`` of the train split added to every
+    node that asks for balanced positive weights (``pos_weight: balanced``), nested ones too
+    (weighted sums of losses). The counts are stored with the module's hyper-parameters, so a
+    checkpoint rebuilds the same weights."""
+    if isinstance(loss, Mapping):
+        resolved = {key: with_train_class_counts(value, statistics) for key, value in loss.items()}
+        if resolved.get("pos_weight") == BALANCED:
+            resolved["class_counts"] = [int(count) for count in statistics.counts]
+            resolved["num_images"] = int(statistics.num_images)
+        return resolved
+    if isinstance(loss, list):
+        return [with_train_class_counts(value, statistics) for value in loss]
+    return loss
 
 
 def _instantiate_named(group: DictConfig | None) -> list:
@@ -89,8 +113,8 @@ def build_evaluation_datamodule(
 ) -> HPADataModule:
     """The datamodule a checkpoint is evaluated on: ``data_cfg`` (the training run's data config
     or another), the split in ``split_file``, no oversampling and no augmentation, and the
-    model's own channel statistics (nothing to compute). ``overrides`` (``batch_size``...) that
-    are not None replace the config's values."""
+    model's own label set (hpa2018 for a model without one) and channel statistics (nothing to
+    compute). ``overrides`` (``batch_size``...) that are not None replace the config's values."""
     data_cfg = OmegaConf.merge(
         data_cfg,
         {
@@ -103,7 +127,8 @@ def build_evaluation_datamodule(
         },
         {key: value for key, value in overrides.items() if value is not None},
     )
-    return instantiate(data_cfg, augment=None, _recursive_=False, _convert_="all")
+    label_set = getattr(model, "label_set", HPA2018)
+    return _datamodule_class(data_cfg).from_config(data_cfg, label_set, augment=None)
 
 
 def log_config(loggers: list[Logger], cfg: DictConfig) -> None:

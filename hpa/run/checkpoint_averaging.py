@@ -20,14 +20,14 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from hpa.core.errors import HPAInputError
+from hpa.core.io import atomic_path
+from hpa.core.run_dir import RunDir
 from hpa.data.datamodule import HPADataModule
-from hpa.errors import HPAInputError
-from hpa.io import atomic_path
 from hpa.models.averaging import average_state_dicts, recompute_batch_norm
+from hpa.models.checkpoints import check_checkpoint, load_module
 from hpa.models.module import HPAModule
 from hpa.run import builders
-from hpa.run.checkpoints import check_checkpoint, load_module
-from hpa.run.run_dir import RunDir
 from hpa.run.training import finish_run, write_data_artifacts
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from hpa.errors import exit_on_input_error
-from hpa.run.run_dir import RunDir
-from hpa.secrets import redact
+from hpa.core.errors import exit_on_input_error
+from hpa.core.run_dir import RunDir
+from hpa.core.secrets import redact
 
 log = logging.getLogger("hpa")
 

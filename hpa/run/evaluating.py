@@ -22,9 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from hpa.core import metric_names
+from hpa.core.errors import HPAInputError
+from hpa.core.run_dir import RunDir
 from hpa.data.datamodule import HPADataModule
 from hpa.data.split import load_split
-from hpa.errors import HPAInputError
 from hpa.evaluation import ensemble, metrics
 from hpa.evaluation.predictions import (
     collected_test_frame,
@@ -34,10 +36,10 @@ from hpa.evaluation.predictions import (
 )
 from hpa.evaluation.thresholds import binarize
 from hpa.evaluation.tta import tta_input
+from hpa.models.checkpoints import check_checkpoint, checkpoint_paths, load_module
 from hpa.models.module import HPAModule
 from hpa.run import builders
-from hpa.run.checkpoints import check_checkpoint, checkpoint_paths, load_module
-from hpa.run.run_dir import RunDir
+from hpa.run.cells import CellStage, cell_stage_of, run_cell_config, score_test_cells
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         check_checkpoint(paths[0])  # a foreign file is named as such, not as a missing run
         raise
     first = load_module(paths[0], cfg.tta, cfg.tta_reduce, crop_size)
+    cell_stage = _cell_stage(cfg, RunDir.of_checkpoint(paths[0]), len(paths))
     datamodule = _datamodule(cfg, data_cfg, first, RunDir.of_checkpoint(paths[0]))
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -63,29 +66,49 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     members, frames = [], []
     for path in paths:
         model = first if path == paths[0] else load_module(path, cfg.tta, cfg.tta_reduce, crop_size)
+        check_same_label_set(model, first, path, paths[0])
         log.info("testing %s (tta=%s)", path, cfg.tta)
         results = trainer.test(model, datamodule=datamodule, verbose=len(paths) == 1)[0]
         frames.append(collected_test_frame(model, datamodule.datasets["test"]))
         members.append(
             ensemble.Member(
                 path=path,
-                probabilities=frame_probabilities(frames[-1]),
+                probabilities=frame_probabilities(first.label_set, frames[-1]),
                 thresholds=model.class_thresholds.cpu().numpy(),
                 metrics={name: float(value) for name, value in sorted(results.items())},
             )
         )
 
-    predictions = ensemble.average_frames(frames)
+    predictions = ensemble.average_frames(first.label_set, frames)
     probabilities, thresholds = ensemble.average(members)
     decisions = binarize(probabilities, thresholds, first.hparams.ensure_one_label)
-    report = write_prediction_artifacts(run_dir, predictions, decisions)
+    report = write_prediction_artifacts(run_dir, first.label_set, predictions, decisions)
     if len(members) == 1:
         final_metrics = members[0].metrics
     else:
         final_metrics = _ensemble_metrics(members, probabilities, decisions, predictions, first)
+    if cell_stage is not None:
+        final_metrics = {
+            **final_metrics,
+            **score_test_cells(cell_stage, first, datamodule, run_dir),
+        }
     run_dir.write_metrics(final_metrics)
     _print_report(report, final_metrics)
     return final_metrics
+
+
+def _cell_stage(cfg: DictConfig, trained_in: RunDir, num_checkpoints: int) -> CellStage | None:
+    """The cell stage of a single-cell run (``cells=``/``segment=``, else the run's own): cell
+    mAP of the test split where cell truth exists. One checkpoint: cells are scored by one
+    model."""
+    cells, segment = run_cell_config(trained_in)
+    stage = cell_stage_of(cfg.get("cells") or cells, cfg.get("segment") or segment)
+    if stage is not None and num_checkpoints > 1:
+        raise HPAInputError(
+            f"cell mAP is scored for one checkpoint; got {num_checkpoints} (evaluate them one by "
+            "one, or predict with all of them: hpa-predict averages their cell scores)"
+        )
+    return stage
 
 
 def _data_config(cfg: DictConfig, trained_in: RunDir) -> tuple[DictConfig, int | None]:
@@ -113,6 +136,15 @@ def _datamodule(
     )
 
 
+def check_same_label_set(model: HPAModule, first: HPAModule, path: Path, first_path: Path) -> None:
+    """Ensemble members must predict the same classes."""
+    if model.label_set != first.label_set:
+        raise HPAInputError(
+            f"{path} predicts the classes of the label set {model.label_set.name}, {first_path} "
+            f"those of {first.label_set.name}: ensemble members must share their label set"
+        )
+
+
 def _check_same_test_split(
     path: Path, first: Path, ids: np.ndarray, assignment: np.ndarray, cfg: DictConfig
 ) -> None:
@@ -138,15 +170,17 @@ def _ensemble_metrics(
 ) -> dict[str, float]:
     """The ensemble's scores and each member's own test macro F1 (``member<i>/test/...``)."""
     final_metrics = metrics.score_predictions(
+        first.label_set,
         probabilities,
         decisions,
-        frame_targets(predictions),
+        frame_targets(first.label_set, predictions),
         fixed_threshold=first.hparams.threshold,
     )
     for index, member in enumerate(members):
-        member_f1 = member.metrics[metrics.TEST_F1_MACRO]
-        log.info("member %d %s: %s %.4f", index, member.path, metrics.TEST_F1_MACRO, member_f1)
-        final_metrics[f"member{index}/{metrics.TEST_F1_MACRO}"] = member_f1
+        name = metric_names.TEST_F1_MACRO
+        member_f1 = member.metrics[name]
+        log.info("member %d %s: %s %.4f", index, member.path, name, member_f1)
+        final_metrics[f"member{index}/{name}"] = member_f1
     return dict(sorted(final_metrics.items()))
 
 
@@ -164,5 +198,5 @@ def _print_report(report: pd.DataFrame, final_metrics: dict[str, float]) -> None
         )
     console = Console()
     console.print(table)
-    for name in (metrics.TEST_F1_MACRO, metrics.TEST_F1_SAMPLES):
+    for name in (metric_names.TEST_F1_MACRO, metric_names.TEST_F1_SAMPLES):
         console.print(f"{name}: {final_metrics.get(name, float('nan')):.4f}")

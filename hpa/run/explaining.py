@@ -33,16 +33,16 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from tqdm import tqdm
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import LabelSet
+from hpa.core.run_dir import RunDir
 from hpa.data.reader import read_labels_csv, read_sample
-from hpa.errors import HPAInputError
-from hpa.evaluation.run_report import run_data_root
 from hpa.integrations import cam
-from hpa.labels import NUM_CLASSES
+from hpa.models.checkpoints import checkpoint_paths, load_module
 from hpa.plots.figures import save_figure
 from hpa.plots.rgby import class_names_of
-from hpa.run.checkpoints import checkpoint_paths, load_module
 from hpa.run.predicting import test_ids
-from hpa.run.run_dir import RunDir
+from hpa.run.reporting import run_data_root
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ def explain(cfg: DictConfig) -> list[Path]:
     module = load_module(checkpoint)
     layer = cam.target_layer_name(module, cfg.get("target_layer"))
     root = _data_root(cfg, trained_in)
-    samples = select_samples(root, trained_in, as_id_list(cfg.ids), cfg.num_images)
+    label_set = module.label_set
+    samples = select_samples(root, trained_in, as_id_list(cfg.ids), cfg.num_images, label_set)
     if mode == "true":
         _check_labelled(samples)
     module = module.to(device)
@@ -103,11 +104,12 @@ def explain(cfg: DictConfig) -> list[Path]:
         explanation = cam.explain_images(module, image[None], [class_ids], method, layer)[0]
         path = run_dir.explanation_png(sample.sample_id)
         figure = cam.draw_explanation(
+            label_set,
             image,
             explanation.maps,
             explanation.class_ids,
             explanation.probabilities,
-            title=_title(sample, method),
+            title=_title(label_set, sample, method),
             columns=PANEL_COLUMNS,
         )
         save_figure(figure, path)
@@ -117,10 +119,15 @@ def explain(cfg: DictConfig) -> list[Path]:
 
 
 def select_samples(
-    root: Path, trained_in: RunDir, ids: Sequence[str] | None, num_images: int
+    root: Path,
+    trained_in: RunDir,
+    ids: Sequence[str] | None,
+    num_images: int,
+    label_set: LabelSet,
 ) -> list[Sample]:
-    """The images to explain (see the module docstring); HPAInputError naming unknown ids."""
-    labelled = _labelled_ids(root)
+    """The images to explain (see the module docstring); HPAInputError naming unknown ids, and
+    (read with the model's ``label_set``) a train.csv label outside the model's classes."""
+    labelled = _labelled_ids(root, label_set)
     unlabelled = _unlabelled_ids(root)
     if ids is not None:
         wanted = list(ids)
@@ -150,11 +157,11 @@ def select_samples(
     return [_sample(root, i, labelled) for i in defaults]
 
 
-def _labelled_ids(root: Path) -> dict[str, np.ndarray]:
+def _labelled_ids(root: Path, label_set: LabelSet) -> dict[str, np.ndarray]:
     csv_path = root / "train.csv"
     if not csv_path.is_file():
         return {}
-    ids, labels = read_labels_csv(csv_path)
+    ids, labels = read_labels_csv(csv_path, label_set)
     return dict(zip(ids.tolist(), labels, strict=True))
 
 
@@ -214,15 +221,18 @@ def _device(name: str) -> torch.device:
 
 def _class_ids(module, image: np.ndarray, sample: Sample, mode: str) -> np.ndarray:
     if mode == "all":
-        return np.arange(NUM_CLASSES)
+        return np.arange(module.label_set.num_classes)
     if mode == "true":
         return np.flatnonzero(sample.labels)
     probabilities = cam.class_probabilities(module, image[None])
     return cam.predicted_class_ids(module, probabilities)[0]
 
 
-def _title(sample: Sample, method: str) -> str:
-    labels = "unlabelled" if sample.labels is None else f"true: {class_names_of(sample.labels)}"
+def _title(label_set: LabelSet, sample: Sample, method: str) -> str:
+    if sample.labels is None:
+        labels = "unlabelled"
+    else:
+        labels = f"true: {class_names_of(label_set, sample.labels)}"
     return f"{sample.sample_id} ({method}; {labels})"
 
 

@@ -25,12 +25,12 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from hpa.core.errors import HPAInputError
+from hpa.core.run_dir import RunDir
 from hpa.data.reader import read_sample
-from hpa.errors import HPAInputError
-from hpa.evaluation.run_report import run_data_root
 from hpa.integrations.onnx_export import export_onnx
-from hpa.run.checkpoints import checkpoint_paths, load_module
-from hpa.run.run_dir import RunDir
+from hpa.models.checkpoints import checkpoint_paths, load_module
+from hpa.run.reporting import run_data_root
 
 log = logging.getLogger(__name__)
 

@@ -18,22 +18,23 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import LabelSet
 from hpa.data.cache import PackedImages, ensure_cache
 from hpa.data.reader import read_sample
-from hpa.errors import HPAInputError
 from hpa.evaluation import ensemble
 from hpa.evaluation.tta import CROP_TTA_MODES, check_tta_options, predict_with_tta
 from hpa.integrations.onnx_runtime import OnnxPredictor
-from hpa.labels import CLASS_NAMES
 
 log = logging.getLogger(__name__)
 
 
 def onnx_members(
     cfg: DictConfig, paths: Sequence[Path], image_dir: Path, ids: np.ndarray
-) -> tuple[list[ensemble.Member], bool]:
-    """(one ensemble member per .onnx file, ``ensure_one_label`` of the first) on the images of
-    ``ids``, at the image size the files were exported at; every file reads the same batches."""
+) -> tuple[list[ensemble.Member], bool, LabelSet]:
+    """(one ensemble member per .onnx file, ``ensure_one_label`` of the first, the label set they
+    share) on the images of ``ids``, at the image size the files were exported at; every file
+    reads the same batches."""
     if cfg.tta in CROP_TTA_MODES:
         raise HPAInputError(
             f"tta={cfg.tta} takes crops of the whole images, which an ONNX model (fixed to its "
@@ -42,9 +43,14 @@ def onnx_members(
     check_tta_options(cfg.tta, cfg.tta_reduce)
     predictors = [OnnxPredictor(path) for path in paths]
     image_size = _image_size(predictors, cfg.data.get("image_size"))
-    for predictor in predictors:
-        if list(predictor.class_names) != list(CLASS_NAMES):
-            raise HPAInputError(f"{predictor.path} predicts other classes than hpa's 28")
+    label_set = predictors[0].label_set
+    for predictor in predictors[1:]:
+        if predictor.label_set != label_set:
+            raise HPAInputError(
+                f"{predictor.path} predicts the classes of {predictor.label_set.name}, "
+                f"{predictors[0].path} those of {label_set.name}: ensemble members must share "
+                "their label set"
+            )
     log.info(
         "predicting %d images with %d ONNX model(s) on %s (tta=%s)",
         len(ids),
@@ -52,7 +58,7 @@ def onnx_members(
         ", ".join(predictors[0].providers),
         cfg.tta,
     )
-    probabilities = [np.zeros((len(ids), len(CLASS_NAMES))) for _ in predictors]
+    probabilities = [np.zeros((len(ids), label_set.num_classes)) for _ in predictors]
     batches = _image_batches(cfg, image_dir, ids, image_size)
     for rows, images in tqdm(batches, "predicting", total=-(-len(ids) // cfg.data.batch_size)):
         for predictor, table in zip(predictors, probabilities, strict=True):
@@ -61,7 +67,7 @@ def onnx_members(
         ensemble.Member(predictor.path, table, predictor.thresholds)
         for predictor, table in zip(predictors, probabilities, strict=True)
     ]
-    return members, predictors[0].ensure_one_label
+    return members, predictors[0].ensure_one_label, label_set
 
 
 def _image_size(predictors: Sequence[OnnxPredictor], requested: int | None) -> int:

@@ -1,5 +1,6 @@
 """Predict the test images of a Kaggle-layout folder and write a submission
-(``python -m hpa.predict``, hpa/predict.py).
+(``python -m hpa.predict``, hpa/predict.py). A checkpoint of a single-cell run (the 2021 task)
+writes Kaggle's 2021 submission instead, a prediction per cell (hpa/run/cell_prediction.py).
 
 Every image in ``ROOT/test/`` is predicted, in the order of ``ROOT/sample_submission.csv`` (or of
 the files present when there is none); ``submission.csv`` (``Id,Predicted``: space-separated
@@ -27,13 +28,13 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, ListConfig
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import CHANNELS
+from hpa.core.run_dir import RunDir, model_files
 from hpa.data.reader import read_ids_csv
 from hpa.data.validate import checked_samples
-from hpa.errors import HPAInputError
 from hpa.evaluation import ensemble
 from hpa.evaluation.thresholds import binarize
-from hpa.labels import CHANNELS, CLASS_NAMES, format_target
-from hpa.run.run_dir import RunDir, model_files
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,12 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     backend, paths = model_paths(ckpt_path, cfg.get("backend"))
     root = Path(cfg.data.root)
     run_dir = RunDir(cfg.paths.output_dir)
+    if backend == "torch":
+        from hpa.run import cell_prediction  # Lightning, torch and timm
+
+        stage = cell_prediction.cell_stage_for_prediction(cfg, RunDir.of_checkpoint(paths[0]))
+        if stage is not None:  # a single-cell run (the 2021 task): Kaggle's 2021 submission
+            return cell_prediction.predict_cells(cfg, stage, paths, root, run_dir)
     all_ids = test_ids(root)
     keep, skipped = checked_samples(
         root / "test", all_ids, cfg.data.get("validate", "fast"), cfg.data.get("on_bad_image")
@@ -100,18 +107,23 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     if backend == "onnx":
         from hpa.run.onnx_prediction import onnx_members
 
-        members, ensure_one_label = onnx_members(cfg, paths, root / "test", ids)
+        members, ensure_one_label, label_set = onnx_members(cfg, paths, root / "test", ids)
     else:
         from hpa.run.torch_prediction import checkpoint_members  # Lightning, torch and timm
 
-        members, ensure_one_label = checkpoint_members(cfg, paths, root / "test", ids)
+        members, ensure_one_label, label_set = checkpoint_members(cfg, paths, root / "test", ids)
     probabilities, thresholds = ensemble.average(members)
     decisions = binarize(probabilities, thresholds, ensure_one_label)
 
-    predicted = dict(zip(ids, map(format_target, decisions), strict=True))
+    predicted = dict(zip(ids, map(label_set.format, decisions), strict=True))
     # Kaggle takes only a submission with every id: a skipped image (data.on_bad_image=skip,
     # listed in skipped_images.csv) is kept with no class
-    submission = pd.DataFrame({"Id": all_ids, "Predicted": [predicted.get(i, "") for i in all_ids]})
+    submission = pd.DataFrame(
+        {
+            label_set.id_column: all_ids,
+            "Predicted": [predicted.get(sample_id, "") for sample_id in all_ids],
+        }
+    )
     if len(ids) < len(all_ids):
         log.warning(
             "%d skipped test image(s) have an empty Predicted in %s (%s)",
@@ -119,8 +131,8 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
             RunDir.SUBMISSION,
             run_dir / RunDir.SKIPPED_IMAGES,
         )
-    probability_table = pd.DataFrame(probabilities, columns=list(CLASS_NAMES))
-    probability_table.insert(0, "Id", ids)
+    probability_table = pd.DataFrame(probabilities, columns=list(label_set.class_names))
+    probability_table.insert(0, label_set.id_column, ids)
     run_dir.write_submission(submission, probability_table)
     log.info("wrote %s (backend=%s)", run_dir / RunDir.SUBMISSION, backend)
     return submission

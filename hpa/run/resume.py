@@ -22,9 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.loggers import CSVLogger, Logger
 
-from hpa.errors import HPAInputError
-from hpa.run.checkpoints import check_checkpoint
-from hpa.run.run_dir import RunDir
+from hpa.core.errors import HPAInputError
+from hpa.core.run_dir import RunDir
+from hpa.models.checkpoints import check_checkpoint
 
 log = logging.getLogger(__name__)
 

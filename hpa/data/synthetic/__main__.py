@@ -7,8 +7,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from hpa.core.errors import HPAInputError
 from hpa.data.synthetic.writer import ensure_dataset
-from hpa.errors import HPAInputError
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,9 @@
 """Multilabel rows with the class frequencies and labels-per-image law of the real train.csv.
 
+The synthetic sets are in the 2018 layout (``HPA2018``: 28 classes). The counts of the real
+Kaggle 2018 train.csv below are facts the generator draws from; they are the only class counts
+kept outside the run's own data (tests check them against the real file).
+
 Conditional Poisson sampling: the number k of labels of an image follows the real
 labels-per-image distribution; given k, a set S of k distinct classes is drawn with
 P(S) proportional to the product of the class weights in S. Inclusion probabilities have a
@@ -13,12 +17,22 @@ from functools import lru_cache
 
 import numpy as np
 
-from hpa.labels import (
-    KAGGLE_CLASS_COUNTS,
-    KAGGLE_LABELS_PER_IMAGE,
-    NUM_CLASSES,
-    NUM_KAGGLE_TRAIN_IMAGES,
-)
+from hpa.core.labels import HPA2018
+
+_NUM_CLASSES = HPA2018.num_classes  # the synthetic sets are in the 2018 layout
+
+NUM_KAGGLE_TRAIN_IMAGES = 31_072
+"""Images in the Kaggle 2018 train.csv."""
+
+KAGGLE_CLASS_COUNTS: tuple[int, ...] = (
+    12885, 1254, 3621, 1561, 1858, 2513, 1008, 2822, 53, 45,
+    28, 1093, 688, 537, 1066, 21, 530, 210, 902, 1482,
+    172, 3777, 802, 2965, 322, 8228, 328, 11,
+)  # fmt: skip
+"""Images of each HPA2018 class in the Kaggle 2018 train.csv."""
+
+KAGGLE_LABELS_PER_IMAGE: dict[int, int] = {1: 15126, 2: 12485, 3: 3160, 4: 299, 5: 2}
+"""Images of the Kaggle 2018 train.csv with 1, 2, ... labels."""
 
 
 def _real_class_frequencies() -> np.ndarray:
@@ -77,13 +91,13 @@ def _take_probabilities() -> np.ndarray:
     weights = _class_weights()
     max_size = max(KAGGLE_LABELS_PER_IMAGE)
     # suffix[j, r] = e_r(weights[j:]); table[j, r] = w_j * e_{r-1}(weights[j+1:]) / suffix[j, r]
-    suffix = np.zeros((NUM_CLASSES + 1, max_size + 1))
-    suffix[NUM_CLASSES, 0] = 1.0
-    for j in range(NUM_CLASSES - 1, -1, -1):
+    suffix = np.zeros((_NUM_CLASSES + 1, max_size + 1))
+    suffix[_NUM_CLASSES, 0] = 1.0
+    for j in range(_NUM_CLASSES - 1, -1, -1):
         suffix[j] = suffix[j + 1]
         suffix[j, 1:] += weights[j] * suffix[j + 1, :-1]
-    table = np.zeros((NUM_CLASSES, max_size + 1))
-    for j in range(NUM_CLASSES):
+    table = np.zeros((_NUM_CLASSES, max_size + 1))
+    for j in range(_NUM_CLASSES):
         # suffix[j, r] is 0 when fewer than r classes remain: such states never occur.
         possible = suffix[j, 1:] > 0
         table[j, 1:][possible] = weights[j] * suffix[j + 1, :-1][possible] / suffix[j, 1:][possible]
@@ -96,9 +110,9 @@ def sample_labels(num_images: int, rng: np.random.Generator) -> np.ndarray:
     sizes, size_probabilities = _labels_per_image_distribution()
     table = _take_probabilities()
     remaining = rng.choice(sizes, size=num_images, p=size_probabilities)
-    uniforms = rng.random((NUM_CLASSES, num_images))
-    labels = np.zeros((num_images, NUM_CLASSES), dtype=np.uint8)
-    for class_id in range(NUM_CLASSES):
+    uniforms = rng.random((_NUM_CLASSES, num_images))
+    labels = np.zeros((num_images, _NUM_CLASSES), dtype=np.uint8)
+    for class_id in range(_NUM_CLASSES):
         taken = uniforms[class_id] < table[class_id, remaining]
         labels[:, class_id] = taken
         remaining = remaining - taken

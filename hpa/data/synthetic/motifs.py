@@ -13,6 +13,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from hpa.core.labels import HPA2018
 from hpa.data.synthetic.raster import (
     DRAW_SHIFT,
     blur,
@@ -22,7 +23,6 @@ from hpa.data.synthetic.raster import (
     ridges,
 )
 from hpa.data.synthetic.scene import COMPARTMENTS, Scene
-from hpa.labels import CLASS_NAMES
 
 
 def nucleoplasm(s: Scene) -> np.ndarray:
@@ -346,7 +346,7 @@ MOTIFS: dict[str, Motif] = {
     "Cytoplasmic bodies": cytoplasmic_bodies,
     "Rods & rings": rods_and_rings,
 }
-"""The motif of each class, by class name (hpa.labels.CLASS_NAMES)."""
+"""The motif of each class, by class name (the classes of hpa.core.labels.HPA2018)."""
 
 MOTIF_COMPARTMENTS: dict[str, str] = {
     "Nucleoplasm": "nucleus",
@@ -383,11 +383,11 @@ MOTIF_COMPARTMENTS: dict[str, str] = {
 
 def _check_tables() -> None:
     for table_name, table in (("MOTIFS", MOTIFS), ("MOTIF_COMPARTMENTS", MOTIF_COMPARTMENTS)):
-        missing = [name for name in CLASS_NAMES if name not in table]
-        unknown = [name for name in table if name not in CLASS_NAMES]
+        missing = [name for name in HPA2018.class_names if name not in table]
+        unknown = [name for name in table if name not in HPA2018.class_names]
         if missing or unknown:
             raise RuntimeError(
-                f"{table_name} must have one entry per class of hpa.labels.CLASS_NAMES: "
+                f"{table_name} must have one entry per class of hpa.core.labels.HPA2018: "
                 f"missing {missing}, unknown {unknown}"
             )
     bad = {name: value for name, value in MOTIF_COMPARTMENTS.items() if value not in COMPARTMENTS}

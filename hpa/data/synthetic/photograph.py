@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hpa.core.labels import CHANNELS, HPA2018
 from hpa.data.synthetic.motifs import MOTIFS
 from hpa.data.synthetic.raster import blur, white_noise
 from hpa.data.synthetic.scene import MIN_IMAGE_SIZE, Scene
-from hpa.labels import CHANNELS, CLASS_NAMES, NUM_CLASSES
 
 
 def blue_signal(s: Scene) -> np.ndarray:
@@ -57,9 +57,10 @@ def _render(
     labels_row: Sequence[int] | np.ndarray, image_size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, Scene]:
     labels_row = np.asarray(labels_row)
-    if labels_row.shape != (NUM_CLASSES,):
+    if labels_row.shape != (HPA2018.num_classes,):
         raise ValueError(
-            f"expected a multi-hot vector of {NUM_CLASSES} classes, got shape {labels_row.shape}"
+            f"expected a multi-hot vector of the {HPA2018.num_classes} classes of HPA2018, "
+            f"got shape {labels_row.shape}"
         )
     if (
         isinstance(image_size, bool)
@@ -68,7 +69,7 @@ def _render(
     ):
         raise ValueError(f"image size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size!r}")
     scene = Scene(int(image_size), rng)
-    class_names = [CLASS_NAMES[class_id] for class_id in np.flatnonzero(labels_row)]
+    class_names = HPA2018.names_of(np.flatnonzero(labels_row))
     signals = {  # in this order: green and blue draw from rng
         "red": scene.microtubule_stain,
         "green": green_signal(scene, class_names),
@@ -83,7 +84,7 @@ def render_sample(
 ) -> np.ndarray:
     """One synthetic image with these labels: uint8 (4, S, S) in RGBY order (CHANNELS).
 
-    ``labels_row`` is a length-28 multi-hot vector; the green channel is the clipped sum of
+    ``labels_row`` is a multi-hot vector of the 28 HPA2018 classes; the green channel is the clipped sum of
     the motifs of its classes, with brightness varying per image.
     """
     return _render(labels_row, image_size, rng)[0]

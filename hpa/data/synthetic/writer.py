@@ -1,4 +1,5 @@
-"""A synthetic set on disk in the Kaggle layout, written atomically, reused when it matches.
+"""A synthetic set on disk in the Kaggle 2018 layout (label set HPA2018), written atomically,
+reused when it matches.
 
 Layout written under ROOT (the same as Kaggle's, plus two files)::
 
@@ -30,17 +31,18 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import CHANNELS, HPA2018
 from hpa.data.synthetic.labels import sample_labels
 from hpa.data.synthetic.photograph import render_sample
 from hpa.data.synthetic.scene import MIN_IMAGE_SIZE
-from hpa.errors import HPAInputError
-from hpa.labels import CHANNELS, format_target
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "synthetic.json"
 FORMAT_VERSION = 1
 
+_LABEL_COLUMNS = (HPA2018.id_column, HPA2018.column)  # the 2018 layout: Id,Target
 _TRAIN_SPLIT, _TEST_SPLIT = 0, 1
 # Noisy images barely compress: Huffman-only coding is both the fastest and the smallest.
 _PNG_PARAMS = [
@@ -74,7 +76,7 @@ def _write_split(
             path = image_dir / f"{sample_id}_{color}.png"
             if not cv2.imwrite(str(path), plane, _PNG_PARAMS):
                 raise OSError(f"could not write {path}")
-        rows.append((sample_id, format_target(labels)))
+        rows.append((sample_id, HPA2018.format(labels)))
         bar.update(1)
     return rows
 
@@ -182,14 +184,14 @@ def generate_dataset(
         ids = [sample_id for sample_id, _ in train_rows + test_rows]
         if len(set(ids)) != len(ids):  # 128-bit random ids: never expected
             raise RuntimeError("synthetic sample ids collided; try another seed")
-        _write_csv(work_dir / "train.csv", ("Id", "Target"), train_rows)
+        _write_csv(work_dir / "train.csv", _LABEL_COLUMNS, train_rows)
         if num_test > 0:
             _write_csv(
                 work_dir / "sample_submission.csv",
                 ("Id", "Predicted"),
                 [(i, "0") for i, _ in test_rows],
             )
-            _write_csv(work_dir / "test_labels.csv", ("Id", "Target"), test_rows)
+            _write_csv(work_dir / "test_labels.csv", _LABEL_COLUMNS, test_rows)
         manifest = _manifest(num_images, image_size, seed, num_test)
         (work_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         _move_into_place(work_dir, root, manifest)

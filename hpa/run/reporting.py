@@ -10,6 +10,9 @@
     class_activation_maps.png
                             GradCAM maps of the classes the model predicts, for the first test
                             images (the best checkpoint, on the GPU when there is one)
+    cell_predictions.png    single-cell runs: test images with each cell outlined in the colour
+                            of its top-scoring class (test_cells.csv, the masks of cells.json)
+    cell_ap.png             single-cell runs: cell AP per class at mask IoU 0.6 (test_cell_ap.csv)
     report.md               the metrics of metrics.json and the figures above
 
 A run without ``metrics.json`` is refused (HPAInputError). A figure whose input is missing (no
@@ -23,21 +26,25 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from hpa.core import metric_names
+from hpa.core.errors import HPAInputError
+from hpa.core.io import write_atomic
+from hpa.core.run_dir import RunDir
 from hpa.data.reader import read_labels_csv, read_sample
 from hpa.data.split import SPLITS
-from hpa.errors import HPAInputError
-from hpa.evaluation import metrics
 from hpa.evaluation.predictions import frame_probabilities, frame_targets
 from hpa.evaluation.thresholds import binarize
-from hpa.io import write_atomic
-from hpa.labels import targets_to_matrix
 from hpa.plots.figures import (
     CAM_GRID_COLUMNS,
     CAM_GRID_ROWS,
+    CELL_GRID,
+    plot_cell_ap,
+    plot_cell_predictions,
     plot_class_activation_maps,
     plot_class_values,
     plot_image_grid,
@@ -46,7 +53,6 @@ from hpa.plots.figures import (
     plot_training_curves,
     save_figure,
 )
-from hpa.run.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,12 @@ FIGURE_TITLES: dict[str, str] = {
     "test_images": "Test images: true and predicted classes",
     "class_activation_maps": "Class activation maps (GradCAM) of the predicted classes",
 }
+CELL_FIGURE_TITLES: dict[str, str] = {
+    "cell_predictions": "Test cells, outlined in the colour of their top-scoring class",
+    "cell_ap": "Cell AP per class at mask IoU 0.6",
+}
+"""The figures of single-cell runs (those with test_cells.csv), after the others."""
+CELL_IMAGE_SIZE = 512  # the cell figure shows images (and their masks) at most this large
 NUM_TEST_IMAGES = 16
 NUM_CAM_IMAGES = CAM_GRID_ROWS  # a handful: the maps need a forward and backward pass each
 CAM_METHOD = "GradCAM"
@@ -76,19 +88,20 @@ def epoch_metrics(metrics_csv: str | Path) -> pd.DataFrame:
     """
     logged = pd.read_csv(metrics_csv)
     train_loss = next(
-        (c for c in (f"{metrics.TRAIN_LOSS}_epoch", metrics.TRAIN_LOSS) if c in logged), None
+        (c for c in (f"{metric_names.TRAIN_LOSS}_epoch", metric_names.TRAIN_LOSS) if c in logged),
+        None,
     )
     if "epoch" not in logged or train_loss is None:
-        raise SkipFigure(f"{metrics_csv} has no epoch-level {metrics.TRAIN_LOSS}")
+        raise SkipFigure(f"{metrics_csv} has no epoch-level {metric_names.TRAIN_LOSS}")
     columns = {
-        train_loss: metrics.TRAIN_LOSS,
-        metrics.VAL_LOSS: metrics.VAL_LOSS,
-        metrics.VAL_F1_MACRO: metrics.VAL_F1_MACRO,
-        metrics.VAL_F1_SAMPLES: metrics.VAL_F1_SAMPLES,
+        train_loss: metric_names.TRAIN_LOSS,
+        metric_names.VAL_LOSS: metric_names.VAL_LOSS,
+        metric_names.VAL_F1_MACRO: metric_names.VAL_F1_MACRO,
+        metric_names.VAL_F1_SAMPLES: metric_names.VAL_F1_SAMPLES,
     }
     present = [column for column in columns if column in logged]
     per_epoch = logged.dropna(subset=["epoch"]).groupby("epoch")[present].last()
-    per_epoch = per_epoch.rename(columns=columns).dropna(subset=[metrics.TRAIN_LOSS])
+    per_epoch = per_epoch.rename(columns=columns).dropna(subset=[metric_names.TRAIN_LOSS])
     per_epoch.index = per_epoch.index.astype(int)
     return per_epoch.reindex(columns=list(columns.values()))
 
@@ -112,16 +125,17 @@ def _required(run_dir: RunDir, name: str, what: str) -> None:
 
 
 def _labels_by_id(data_root: Path | None, run_dir: RunDir) -> pd.DataFrame:
-    """N x 28 multi-hot labels indexed by Id: from the data root's train.csv, else only the test
-    images' labels from the test predictions."""
+    """N x classes multi-hot labels indexed by Id: from the data root's train.csv, else only the
+    test images' labels from the test predictions."""
+    label_set = run_dir.label_set()
     if data_root is not None and (data_root / "train.csv").is_file():
-        ids, labels = read_labels_csv(data_root / "train.csv")
+        ids, labels = read_labels_csv(data_root / "train.csv", label_set)
         return pd.DataFrame(labels, index=ids)
     if not run_dir.has(RunDir.TEST_PREDICTIONS):
         raise SkipFigure(f"no labels: neither {data_root}/train.csv nor {RunDir.TEST_PREDICTIONS}")
     log.warning("train.csv not found under data root %s: counting the test split only", data_root)
     predictions = run_dir.test_predictions()
-    return pd.DataFrame(frame_targets(predictions), index=predictions["Id"])
+    return pd.DataFrame(frame_targets(label_set, predictions), index=predictions["Id"])
 
 
 def training_curves_figure(run_dir: RunDir, data_root: Path | None) -> Figure:
@@ -136,7 +150,7 @@ def training_curves_figure(run_dir: RunDir, data_root: Path | None) -> Figure:
 
 def per_class_f1_figure(run_dir: RunDir, data_root: Path | None) -> Figure:
     _required(run_dir, RunDir.TEST_PER_CLASS, "test=true writes it")
-    macro = run_dir.metrics().get(metrics.TEST_F1_MACRO)
+    macro = run_dir.metrics().get(metric_names.TEST_F1_MACRO)
     return plot_per_class_f1(run_dir.test_per_class(), macro)
 
 
@@ -144,8 +158,12 @@ def precision_recall_figure(run_dir: RunDir, data_root: Path | None) -> Figure:
     _required(run_dir, RunDir.TEST_PREDICTIONS, "test=true writes it")
     predictions = run_dir.test_predictions()
     operating_points = run_dir.test_per_class() if run_dir.has(RunDir.TEST_PER_CLASS) else None
+    label_set = run_dir.label_set()
     return plot_precision_recall(
-        frame_targets(predictions), frame_probabilities(predictions), operating_points
+        label_set,
+        frame_targets(label_set, predictions),
+        frame_probabilities(label_set, predictions),
+        operating_points,
     )
 
 
@@ -158,7 +176,9 @@ def label_distribution_figure(run_dir: RunDir, data_root: Path | None) -> Figure
         ids = labels.index.intersection(split.loc[split["split"] == name, "Id"])
         if len(ids):
             counts[f"{name} ({len(ids)} images)"] = labels.loc[ids].sum(axis=0).to_numpy()
-    return plot_class_values(counts, "images (log scale)", "images per class in each split")
+    return plot_class_values(
+        run_dir.label_set(), counts, "images (log scale)", "images per class in each split"
+    )
 
 
 def _test_images(
@@ -181,9 +201,10 @@ def _test_images(
 def sample_images_figure(run_dir: RunDir, data_root: Path | None) -> Figure:
     shown, images = _test_images(run_dir, data_root, NUM_TEST_IMAGES)
     thresholds = run_dir.thresholds() if run_dir.has(RunDir.THRESHOLDS) else 0.5
-    predicted = binarize(frame_probabilities(shown), thresholds)
-    true = targets_to_matrix(shown["Target"])
-    return plot_image_grid(images, true, predicted, list(shown["Id"]))
+    label_set = run_dir.label_set()
+    predicted = binarize(frame_probabilities(label_set, shown), thresholds)
+    true = label_set.to_matrix(shown["Target"])
+    return plot_image_grid(label_set, images, true, predicted, list(shown["Id"]))
 
 
 def class_activation_maps_figure(run_dir: RunDir, data_root: Path | None) -> Figure:
@@ -199,7 +220,7 @@ def class_activation_maps_figure(run_dir: RunDir, data_root: Path | None) -> Fig
     import torch
 
     from hpa.integrations import cam
-    from hpa.run.checkpoints import load_module
+    from hpa.models.checkpoints import load_module
 
     try:  # the run is trained: a checkpoint or backbone the maps cannot use skips the figure
         module = load_module(run_dir.best_checkpoint)
@@ -213,6 +234,7 @@ def class_activation_maps_figure(run_dir: RunDir, data_root: Path | None) -> Fig
     shown_classes = [class_ids[: CAM_GRID_COLUMNS - 1] for class_ids in predicted]
     explanations = cam.explain_images(module, batch, shown_classes, CAM_METHOD)
     return plot_class_activation_maps(
+        module.label_set,
         images,
         [explanation.maps for explanation in explanations],
         predicted,
@@ -220,6 +242,39 @@ def class_activation_maps_figure(run_dir: RunDir, data_root: Path | None) -> Fig
         list(shown["Id"]),
         CAM_METHOD,
     )
+
+
+def cell_predictions_figure(run_dir: RunDir, data_root: Path | None) -> Figure:
+    """The first test images of a single-cell run with each cell outlined in the colour of its
+    top-scoring class (test_cells.csv, the cached masks named in cells.json)."""
+    _required(run_dir, RunDir.CELLS_INFO, "a single-cell run writes it")
+    info = run_dir.cells_info()
+    masks_dir, image_dir = Path(info["masks_dir"]), Path(info["image_dir"])
+    label_set = run_dir.label_set()
+    cells = run_dir.test_cells()
+    id_column = label_set.id_column
+    shown_ids = list(dict.fromkeys(cells[id_column]))[: CELL_GRID**2]
+    images, masks, classes = [], [], []
+    for sample_id in shown_ids:
+        mask_path = masks_dir / f"{sample_id}.png"
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+        if mask is None:
+            raise SkipFigure(f"cell mask {mask_path} not found (the mask cache was cleared?)")
+        size = min(CELL_IMAGE_SIZE, max(mask.shape))
+        try:
+            images.append(read_sample(image_dir, sample_id, size))
+        except HPAInputError as error:
+            raise SkipFigure(str(error)) from None
+        masks.append(cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
+        rows = cells[cells[id_column] == sample_id]
+        scores = rows[list(label_set.class_names)].to_numpy()
+        classes.append(dict(zip(rows["cell_id"].astype(int), scores.argmax(axis=1), strict=True)))
+    return plot_cell_predictions(label_set, images, masks, classes, shown_ids)
+
+
+def cell_ap_figure(run_dir: RunDir, data_root: Path | None) -> Figure:
+    _required(run_dir, RunDir.TEST_CELL_AP, "a single-cell run writes it where cell truth exists")
+    return plot_cell_ap(run_dir.test_cell_ap(), run_dir.metrics().get(metric_names.TEST_CELL_MAP))
 
 
 FIGURE_BUILDERS: dict[str, Callable[[RunDir, Path | None], Figure]] = {
@@ -230,13 +285,17 @@ FIGURE_BUILDERS: dict[str, Callable[[RunDir, Path | None], Figure]] = {
     "test_images": sample_images_figure,
     "class_activation_maps": class_activation_maps_figure,
 }
+CELL_FIGURE_BUILDERS: dict[str, Callable[[RunDir, Path | None], Figure]] = {
+    "cell_predictions": cell_predictions_figure,
+    "cell_ap": cell_ap_figure,
+}
 
 
 def _markdown(
     run_dir: RunDir, run_metrics: dict, figures: dict[str, Path], skipped: dict[str, str]
 ) -> str:
-    names = [name for name in metrics.HEADLINE if name in run_metrics]
-    names += sorted(name for name in run_metrics if name not in metrics.HEADLINE)
+    names = [name for name in metric_names.HEADLINE if name in run_metrics]
+    names += sorted(name for name in run_metrics if name not in metric_names.HEADLINE)
     lines = [
         f"# Report of `{run_dir}`",
         "",
@@ -246,15 +305,14 @@ def _markdown(
         "| --- | ---: |",
     ]
     lines += [f"| `{name}` | {float(run_metrics[name]):.4f} |" for name in names]
+    titles = {**FIGURE_TITLES, **CELL_FIGURE_TITLES}
     lines += ["", "## Figures", ""]
     for name, path in figures.items():
-        title = FIGURE_TITLES[name]
+        title = titles[name]
         lines += [f"### {title}", "", f"![{title}]({path.name})", ""]
     if skipped:
         lines += ["## Not drawn", ""]
-        lines += [
-            f"- {FIGURE_TITLES[name]} (`{name}.png`): {reason}" for name, reason in skipped.items()
-        ]
+        lines += [f"- {titles[name]} (`{name}.png`): {reason}" for name, reason in skipped.items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -270,7 +328,10 @@ def write_report(run_dir: str | Path, data_root: str | Path | None = None) -> di
     data_root = Path(data_root) if data_root is not None else run_data_root(run)
     figures: dict[str, Path] = {}
     skipped: dict[str, str] = {}
-    for name, build in FIGURE_BUILDERS.items():
+    builders = dict(FIGURE_BUILDERS)
+    if run.has(RunDir.TEST_CELLS):
+        builders.update(CELL_FIGURE_BUILDERS)
+    for name, build in builders.items():
         try:
             figure = build(run, data_root)
         except SkipFigure as reason:

@@ -7,10 +7,16 @@ A training run (``python -m hpa.train``) writes::
     RUN/checkpoints/best.ckpt  last.ckpt                best by the optimized metric; latest
     RUN/checkpoints/epoch=NN.ckpt               the last K epochs (callbacks.epoch_checkpoints)
     RUN/split.csv               Id,split[,fold]
+    RUN/labels.json             the run's label set (hpa.core.labels.LabelSet.to_dict)
+    RUN/class_counts.csv        class_id, class_name, train_images, train_rate, pos_weight,
+                                sampler_weight: the class statistics of the train split used
     RUN/metrics.json            final val and test metrics, plain floats
     RUN/thresholds.json         per-class decision thresholds
     RUN/test_predictions.csv    Id, one probability column per class, Target
     RUN/test_per_class.csv      precision, recall, F1, support per class
+    RUN/test_cells.csv          the 2021 task: each test cell's scores (ID, cell_id, a column
+                                per class); test_cell_ap.csv: cell AP per class; cells.json: the
+                                cell method and where the masks are
     RUN/skipped_images.csv      Id,file,problem of samples dropped by data.on_bad_image=skip
     RUN/duplicate_leaks.csv     duplicate pairs per pair of splits, before and after grouping
     RUN/external.csv            root,Id,status,reason of each image of data.external
@@ -42,10 +48,10 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hpa.errors import HPAInputError
-from hpa.evaluation.thresholds import load_thresholds, save_thresholds
-from hpa.io import atomic_path, write_csv, write_json
-from hpa.labels import CLASS_NAMES
+from hpa.core.errors import HPAInputError
+from hpa.core.io import atomic_path, write_csv, write_json
+from hpa.core.labels import HPA2018, LabelSet
+from hpa.core.thresholds_file import load_thresholds, save_thresholds
 
 if TYPE_CHECKING:
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -74,6 +80,11 @@ class RunDir:
     AVERAGED_CHECKPOINT = f"{CHECKPOINT_DIR}/{AVERAGED_CHECKPOINT_STEM}{CHECKPOINT_SUFFIX}"
     AVERAGE_SUBRUN = "average-last{last}"  # RUN/average-last5/: hpa.average RUN --last 5
     SPLIT = "split.csv"
+    LABELS = "labels.json"
+    TEST_CELLS = "test_cells.csv"
+    TEST_CELL_AP = "test_cell_ap.csv"
+    CELLS_INFO = "cells.json"
+    CLASS_COUNTS = "class_counts.csv"
     METRICS = "metrics.json"
     THRESHOLDS = "thresholds.json"
     TEST_PREDICTIONS = "test_predictions.csv"
@@ -267,14 +278,29 @@ class RunDir:
             raise HPAInputError(f"{path}: not valid JSON ({error})") from None
 
     def thresholds(self) -> np.ndarray:
-        return load_thresholds(self.path / self.THRESHOLDS)
+        return load_thresholds(self.path / self.THRESHOLDS, self.label_set())
+
+    def label_set(self) -> LabelSet:
+        """The run's label set (``labels.json``); hpa2018 for runs made before label sets."""
+        path = self.path / self.LABELS
+        if not path.is_file():
+            return HPA2018
+        try:
+            return LabelSet.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError) as error:
+            raise HPAInputError(f"{path}: not a label set ({error})") from None
+
+    def class_counts(self) -> pd.DataFrame:
+        """``class_counts.csv``: the class statistics of the run's train split."""
+        return pd.read_csv(self.path / self.CLASS_COUNTS)
 
     def has(self, name: str) -> bool:
         """Whether the artifact ``name`` (one of the names above) exists."""
         return (self.path / name).is_file()
 
     def test_predictions(self) -> pd.DataFrame:
-        """``Id``, a probability column per class name, ``Target`` (ids and targets as str)."""
+        """``Id``, a probability column per class name of the run's label set, ``Target`` (the
+        label set's spelling of the true labels); ids and targets as str."""
         return pd.read_csv(
             self.path / self.TEST_PREDICTIONS,
             dtype={"Id": str, "Target": str},
@@ -302,11 +328,38 @@ class RunDir:
     def write_metrics(self, metrics: dict[str, float]) -> None:
         write_json(self.path / self.METRICS, metrics)
 
-    def write_thresholds(self, thresholds: np.ndarray) -> None:
-        save_thresholds(self.path / self.THRESHOLDS, thresholds)
+    def write_thresholds(self, thresholds: np.ndarray, label_set: LabelSet) -> None:
+        save_thresholds(self.path / self.THRESHOLDS, thresholds, label_set)
 
-    def write_test_predictions(self, predictions: pd.DataFrame) -> None:
-        expected = ["Id", *CLASS_NAMES, "Target"]
+    def write_test_cells(self, cells: pd.DataFrame) -> None:
+        write_csv(self.path / self.TEST_CELLS, cells)
+
+    def write_test_cell_ap(self, table: pd.DataFrame) -> None:
+        write_csv(self.path / self.TEST_CELL_AP, table)
+
+    def write_cells_info(self, info: dict) -> None:
+        write_json(self.path / self.CELLS_INFO, info)
+
+    def cells_info(self) -> dict:
+        """``cells.json``: how the run scored cells and where its masks are."""
+        return json.loads((self.path / self.CELLS_INFO).read_text())
+
+    def test_cells(self) -> pd.DataFrame:
+        """``test_cells.csv``: the id, cell id and one score column per class of each cell."""
+        id_column = self.label_set().id_column
+        return pd.read_csv(self.path / self.TEST_CELLS, dtype={id_column: str})
+
+    def test_cell_ap(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / self.TEST_CELL_AP)
+
+    def write_label_set(self, label_set: LabelSet) -> None:
+        write_json(self.path / self.LABELS, label_set.to_dict())
+
+    def write_class_counts(self, table: pd.DataFrame) -> None:
+        write_csv(self.path / self.CLASS_COUNTS, table)
+
+    def write_test_predictions(self, predictions: pd.DataFrame, label_set: LabelSet) -> None:
+        expected = ["Id", *label_set.class_names, "Target"]
         if list(predictions.columns) != expected:
             raise ValueError(f"test predictions need the columns {expected}")
         write_csv(self.path / self.TEST_PREDICTIONS, predictions)

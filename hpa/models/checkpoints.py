@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from hpa.errors import HPAInputError
-from hpa.io import atomic_path
+from hpa.core.errors import HPAInputError
+from hpa.core.io import atomic_path
+from hpa.core.run_dir import RunDir, model_files
 from hpa.models.module import HPAModule
-from hpa.run.run_dir import RunDir, model_files
 
 log = logging.getLogger(__name__)
 

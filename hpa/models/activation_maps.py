@@ -1,0 +1,154 @@
+"""Class activation maps in one forward pass: the classic CAM of Zhou et al. (2016).
+
+For a network that ends in global average pooling (GAP) and one linear layer, the logit of class
+``c`` is ``W_c . mean_xy F(x, y) + b_c``, where ``F`` is the last feature map (channels K at each
+position) and ``W``, ``b`` are the classifier's weight and bias. GAP and the linear layer commute,
+so the per-position map
+
+    CAM_c(x, y) = W_c . F(x, y) + b_c
+
+has the logit as its spatial mean: ``CAM_c.mean((h, w)) == logit_c`` exactly (up to float
+rounding). ``class_activation_maps`` returns these maps in logit units, bias included, one map
+per class of the module's label set at the feature map's resolution (input size / 32 for
+resnet, densenet and efficientnet). A position's value is its share of the image logit: higher
+means more evidence for the class there. They are not probabilities; ``sigmoid`` of a map's
+mean is the image probability, and ``hpa.evaluation.cell_scoring.cam_scores`` turns them into
+per-cell scores.
+
+No gradients are needed (unlike ``hpa.integrations.cam``'s GradCAM, one backward pass per class):
+the classifier's weights are the same at every position, which is what GradCAM recovers for such
+networks anyway. The maps need a GAP + linear head: timm's ResNets, DenseNets and EfficientNets
+have one (``global_pool`` with ``pool_type="avg"``, a ``nn.Linear`` classifier). Others (the
+seed CNN, which pools to a 6 x 6 grid and then mixes positions in an MLP; ConvNeXt, which
+normalises after pooling; max or avg+max pooling) are refused with an ``HPAInputError``, and
+every call checks the identity above against the module's own logits, so a head that does
+anything else between the pool and the classifier is refused too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import torch
+from timm.layers import SelectAdaptivePool2d
+from torch import nn
+
+from hpa.core.errors import HPAInputError
+from hpa.models.module import HPAModule
+
+AVERAGE_POOL_TYPES = ("avg", "fast", "fastavg")
+"""``SelectAdaptivePool2d.pool_type`` values that are a plain global average."""
+
+
+class ActivationMaps(NamedTuple):
+    """One forward pass's class activation maps and the module's logits.
+
+    ``maps``: (B, C, h, w) float32 class logit maps (``CAM_c(x, y) = W_c . F(x, y) + b_c``).
+    ``logits``: (B, C) float32, the module's output for the same images; equal to
+    ``maps.mean((2, 3))``. ``sigmoid(logits)`` are the image's class probabilities.
+    """
+
+    maps: torch.Tensor
+    logits: torch.Tensor
+
+
+def class_activation_maps(module: HPAModule, images: torch.Tensor) -> torch.Tensor:
+    """The (B, C, h, w) class logit maps of a uint8 (B, 4, S, S) RGBY batch (see the module
+    docstring); each map's mean over (h, w) is the module's logit of that class."""
+    return activation_maps_and_logits(module, images).maps
+
+
+def activation_maps_and_logits(module: HPAModule, images: torch.Tensor) -> ActivationMaps:
+    """The class logit maps and the logits of a uint8 (B, 4, S, S) RGBY batch, one forward pass.
+
+    The batch goes through ``module(images)`` (its own scaling, normalisation and memory
+    format), in eval mode (restored afterwards) under ``torch.inference_mode``; a hook on the
+    backbone's global pool keeps the feature map it receives. HPAInputError, naming the
+    backbone, when it has no GAP + linear head, or when the maps' means are not its logits.
+    """
+    pool, classifier = _gap_linear_head(module)
+    captured: list[torch.Tensor] = []
+
+    def keep_features(_pool: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        captured.append(inputs[0])
+
+    handle = pool.register_forward_pre_hook(keep_features)
+    try:
+        with torch.inference_mode(), _evaluating(module):
+            logits = module(images.to(module.device)).float()
+    finally:
+        handle.remove()
+    if not captured:
+        raise HPAInputError(
+            f"backbone {_backbone_name(module)} never calls its global pool; cells=cam needs a "
+            "GAP+linear head"
+        )
+    features = captured[-1].float()  # (B, K, h, w)
+    if features.ndim != 4 or features.shape[1] != classifier.in_features:
+        raise HPAInputError(
+            f"{_backbone_name(module)}: the global pool receives features of shape "
+            f"{tuple(features.shape)}, not (B, {classifier.in_features}, h, w); cells=cam needs a "
+            "GAP+linear head"
+        )
+    with torch.inference_mode():
+        weight = classifier.weight.float()  # (C, K)
+        maps = torch.einsum("bkhw,ck->bchw", features, weight)
+        if classifier.bias is not None:
+            maps = maps + classifier.bias.float().view(1, -1, 1, 1)
+        _check_identity(module, maps, logits, features.dtype)
+    return ActivationMaps(maps, logits)
+
+
+def _gap_linear_head(module: HPAModule) -> tuple[nn.Module, nn.Linear]:
+    """The backbone's global average pool and its linear classifier; HPAInputError otherwise."""
+    backbone = module.backbone
+    classifier = backbone.get_classifier()
+    pool = getattr(backbone, "global_pool", None)
+    if isinstance(pool, SelectAdaptivePool2d):
+        is_average = pool.pool_type.lower() in AVERAGE_POOL_TYPES
+    else:
+        is_average = isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1))
+    if not isinstance(classifier, nn.Linear) or not is_average:
+        raise HPAInputError(
+            f"backbone {_backbone_name(module)} has no global-average-pool + linear head "
+            f"(classifier: {type(classifier).__name__}, global pool: {pool!r}); cells=cam needs a "
+            "GAP+linear head (resnet*, densenet*, efficientnet*): use another backbone or "
+            "another cells method"
+        )
+    return pool, classifier
+
+
+def _check_identity(
+    module: HPAModule, maps: torch.Tensor, logits: torch.Tensor, dtype: torch.dtype
+) -> None:
+    """HPAInputError when the maps' spatial means are not the module's logits: something
+    between the pool and the classifier (a norm, an MLP) that the maps would ignore."""
+    tolerance = 1e-3 if dtype == torch.float32 else 2e-2
+    means = maps.mean(dim=(2, 3))
+    if not torch.allclose(means, logits, rtol=tolerance, atol=tolerance):
+        largest = (means - logits).abs().max().item()
+        raise HPAInputError(
+            f"backbone {_backbone_name(module)}: the class maps' means differ from its logits "
+            f"by up to {largest:.3g}, so its head is not a global average pool followed by the "
+            "linear classifier; cells=cam needs a GAP+linear head"
+        )
+
+
+def _backbone_name(module: HPAModule) -> str:
+    return str(module.hparams.get("name", type(module.backbone).__name__))
+
+
+@contextmanager
+def _evaluating(module: nn.Module) -> Iterator[None]:
+    """The module in eval mode (dropout off, BatchNorm on its running statistics); every
+    submodule's training flag is restored afterwards (a finetuning callback may keep some in
+    eval mode while the rest trains)."""
+    flags = [(submodule, submodule.training) for submodule in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for submodule, training in flags:
+            submodule.training = training

@@ -1,0 +1,269 @@
+"""The cell stage of a run (the 2021 task): segment images, score every cell from the image
+model, and, where cell truth exists, measure cell mAP at mask IoU 0.6.
+
+A run with a ``cells`` config (``experiment=single_cell``: ``cells=cam``) trains its image model
+as the 2018 task does; afterwards ``score_test_cells`` takes the test split's images through:
+
+1. segmentation at each image's own size (``segment=``), cached once per image and settings
+   (hpa.data.cells.MaskCache), in ``data.segment_processes`` processes;
+2. the model on the image resized for it: class probabilities and, for ``cells=cam``, class
+   activation maps, in one forward pass (hpa.models.activation_maps);
+3. a score per cell and class (hpa.evaluation.cell_scoring);
+4. cell mAP against the truth cells (hpa.evaluation.cell_map) and the share of truth cells that
+   the segmentation matched at IoU >= 0.6.
+
+The run writes ``test_cells.csv`` (every cell's scores), ``test_cell_ap.csv`` (AP per class),
+``cells.json`` (where the masks are, for the report) and ``test/cell_map``,
+``test/cell_match_rate`` and ``test/cell_ap/NN_name`` into its metrics. ``hpa-predict`` reuses
+``CellStage`` to write Kaggle's 2021 submission.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from hpa.core import metric_names
+from hpa.core.errors import HPAInputError
+from hpa.core.labels import LabelSet
+from hpa.core.run_dir import RunDir
+from hpa.data.cell_datamodule import CellDataModule
+from hpa.data.cells import MaskCache, Segmenter, build_segmenter
+from hpa.data.cells.truth import CellTruth
+from hpa.data.dataset import collate_samples
+from hpa.evaluation.cell_map import CellMAP, segmentation_match_rate
+from hpa.evaluation.cell_scoring import check_cell_method, check_cell_options, score_cells
+from hpa.models.activation_maps import activation_maps_and_logits
+from hpa.models.module import HPAModule
+
+log = logging.getLogger(__name__)
+
+CELL_MAP_IOU = 0.6
+
+
+@dataclass
+class CellStage:
+    """How a run finds and scores cells: ``method`` (``cells.method``) with its ``options``;
+    cells found by ``segmenter``, whose masks are cached in ``masks`` (set once the data is
+    there: ``use_masks_dir``) and segmented in ``processes`` processes."""
+
+    method: str
+    segmenter: Segmenter
+    options: dict = field(default_factory=dict)
+    processes: int = 1
+    shard: tuple[int, int] = (0, 1)
+    masks: MaskCache | None = None
+
+    @property
+    def needs_maps(self) -> bool:
+        return "class_maps" in check_cell_method(self.method).inputs
+
+    def use_masks_dir(self, masks_dir: Path) -> None:
+        self.masks = MaskCache(masks_dir, self.segmenter)
+
+    def describe(self) -> dict:
+        """What ``cells.json`` records: the method, its options, the segmenter and where the
+        masks are."""
+        return {
+            "method": self.method,
+            "options": self.options,
+            "segmenter": {"name": self.segmenter.name, **self.segmenter.settings()},
+            "masks_dir": str(self.masks.folder) if self.masks is not None else None,
+        }
+
+
+def cell_stage_of(
+    cells_cfg: Mapping | None, segment_cfg: Mapping | None, processes: int = 1
+) -> CellStage | None:
+    """The cell stage of a ``cells`` and a ``segment`` config node (None without ``cells``).
+    Unknown methods, options and segmenters are refused here, before any data is read."""
+    if not cells_cfg:
+        return None
+    cells_cfg = plain_config(cells_cfg)
+    method = cells_cfg.pop("method", None)
+    if method is None:
+        raise HPAInputError("cells.method is not set (cells=broadcast or cells=cam)")
+    check_cell_options(method, cells_cfg)
+    segmenter = build_segmenter(plain_config(segment_cfg or {"name": "watershed"}))
+    return CellStage(method, segmenter, cells_cfg, processes)
+
+
+def run_cell_config(trained_in: RunDir) -> tuple[dict | None, dict | None]:
+    """(the ``cells`` and ``segment`` nodes of the run a checkpoint was trained in), None when
+    the run scored no cells."""
+    if not trained_in.is_run():
+        return None, None
+    config = trained_in.config()
+    cells, segment = config.get("cells"), config.get("segment")
+    return (dict(cells) if cells else None), (dict(segment) if segment else None)
+
+
+def training_cell_stage(cfg: DictConfig, datamodule) -> CellStage | None:
+    """The cell stage of a training run's config, or None (the 2018 task)."""
+    if not cfg.get("cells"):
+        return None
+    if not isinstance(datamodule, CellDataModule):
+        raise HPAInputError(
+            "cells= scores cells of the 2021 layout: use data=hpa2021 or data=synthetic_cells "
+            "(experiment=single_cell sets both)"
+        )
+    return cell_stage_of(cfg.cells, cfg.get("segment"), datamodule.cells.segment_processes)
+
+
+def check_model_for_cells(stage: CellStage, module: HPAModule, image_size: int) -> None:
+    """HPAInputError, before any training, when the model cannot score cells this way
+    (``cells=cam`` needs a GAP+linear head): one forward pass of a blank image."""
+    if stage.needs_maps:
+        blank = torch.zeros((1, 4, image_size, image_size), dtype=torch.uint8)
+        activation_maps_and_logits(module, blank)
+
+
+@dataclass
+class ScoredImage:
+    """One image's cells (H, W label image, 0 background) and their (K, C) scores."""
+
+    sample_id: str
+    cells: np.ndarray
+    scores: np.ndarray
+
+
+def scored_images(
+    stage: CellStage,
+    module: HPAModule,
+    loader: DataLoader,
+    ids: Sequence[str],
+    image_dir: Path,
+) -> Iterator[ScoredImage]:
+    """Every image of ``loader`` (batches with ``image`` and ``index``; rows of ``ids``) with its
+    cells segmented (cached) and scored by the stage's method."""
+    ids = [str(sample_id) for sample_id in ids]
+    stage.masks.ensure_masks(image_dir, ids, processes=stage.processes, shard=stage.shard)
+    device = next(module.parameters()).device
+    for batch in tqdm(loader, "scoring cells", unit="batch"):
+        images = batch["image"].to(device)
+        if stage.needs_maps:
+            outputs = activation_maps_and_logits(module, images)
+            maps, logits = outputs.maps.float().cpu().numpy(), outputs.logits
+        else:
+            with torch.inference_mode():
+                module.eval()
+                logits = module(images)
+            maps = None
+        probabilities = torch.sigmoid(logits.float()).cpu().numpy()
+        for row, index in enumerate(batch["index"].tolist()):
+            sample_id = ids[index]
+            cells = stage.masks.load(sample_id)
+            scores = score_cells(
+                stage.method,
+                probabilities[row],
+                int(cells.max()),
+                cells=cells,
+                class_maps=None if maps is None else maps[row],
+                **stage.options,
+            )
+            yield ScoredImage(sample_id, cells, scores)
+
+
+def score_test_cells(
+    stage: CellStage,
+    module: HPAModule,
+    datamodule: CellDataModule,
+    run_dir: RunDir,
+) -> dict[str, float]:
+    """Score the cells of the test split (see the module docstring); returns the cell metrics
+    (empty without cell truth) and writes the cell files into ``run_dir``."""
+    stage.use_masks_dir(datamodule.masks_dir())
+    dataset = datamodule.datasets["test"]
+    loader = DataLoader(dataset, batch_size=datamodule.batch_size, collate_fn=collate_samples)
+    truth = datamodule.cell_truth()
+    label_set = module.label_set
+    metric = CellMAP(num_classes=label_set.num_classes, iou_threshold=CELL_MAP_IOU)
+    matched = total = 0
+    rows = []
+    for image in scored_images(stage, module, loader, dataset.ids, datamodule.root / "train"):
+        rows.append(_cell_rows(label_set, image))
+        if truth is None or not truth.has(image.sample_id):
+            continue
+        truth_cells, truth_classes = _truth_of(truth, image)
+        metric.add_image(image.sample_id, truth_cells, truth_classes, image.cells, image.scores)
+        found, cells = segmentation_match_rate(truth_cells, image.cells, iou=CELL_MAP_IOU)
+        matched, total = matched + found, total + cells
+    run_dir.write_test_cells(_cells_frame(label_set, rows))
+    run_dir.write_cells_info({**stage.describe(), "image_dir": str(datamodule.root / "train")})
+    if truth is None or not total:
+        log.info("no cell truth for the test images: cell mAP not scored")
+        return {}
+    return _write_cell_metrics(run_dir, label_set, metric.compute(), matched, total)
+
+
+def _truth_of(truth: CellTruth, image: ScoredImage) -> tuple[np.ndarray, dict]:
+    truth_cells, truth_classes = truth.load(image.sample_id)
+    if truth_cells.shape != image.cells.shape:
+        raise HPAInputError(
+            f"{truth.mask_path(image.sample_id)} is {truth_cells.shape[1]}x{truth_cells.shape[0]} "
+            f"px, its image's cell mask {image.cells.shape[1]}x{image.cells.shape[0]} px"
+        )
+    return truth_cells, truth_classes
+
+
+def _cell_rows(label_set: LabelSet, image: ScoredImage) -> pd.DataFrame:
+    present = np.unique(image.cells[image.cells > 0])
+    frame = pd.DataFrame(image.scores[present - 1], columns=list(label_set.class_names))
+    frame.insert(0, "cell_id", present)
+    frame.insert(0, label_set.id_column, image.sample_id)
+    return frame
+
+
+def _cells_frame(label_set: LabelSet, rows: list[pd.DataFrame]) -> pd.DataFrame:
+    if rows:
+        return pd.concat(rows, ignore_index=True)
+    return pd.DataFrame(columns=[label_set.id_column, "cell_id", *label_set.class_names])
+
+
+def _write_cell_metrics(
+    run_dir: RunDir, label_set: LabelSet, scores: dict, matched: int, total: int
+) -> dict[str, float]:
+    ap = np.asarray(scores["ap"], dtype=np.float64)
+    table = pd.DataFrame(
+        {
+            "class_id": list(label_set.class_ids),
+            "class_name": list(label_set.class_names),
+            "ap": ap,
+            "truth_cells": scores["truth_cells"],
+            "predictions": scores["predictions"],
+        }
+    )
+    run_dir.write_test_cell_ap(table)
+    cell_metrics = {
+        metric_names.TEST_CELL_MAP: float(scores["map"]),
+        metric_names.TEST_CELL_MATCH_RATE: matched / total,
+    }
+    for class_id in label_set.class_ids:
+        if np.isfinite(ap[class_id]):
+            name = metric_names.per_class_ap_name(metric_names.TEST, label_set, class_id)
+            cell_metrics[name] = float(ap[class_id])
+    log.info(
+        "cell mAP@%.1f %.4f over %d images; segmentation matched %d of %d truth cells (%.1f%%)",
+        CELL_MAP_IOU,
+        cell_metrics[metric_names.TEST_CELL_MAP],
+        scores["images"],
+        matched,
+        total,
+        100 * matched / total,
+    )
+    return cell_metrics
+
+
+def plain_config(node: Mapping) -> dict:
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return dict(node)
