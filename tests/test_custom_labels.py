@@ -19,6 +19,7 @@ from hpa.run.evaluating import evaluate
 from hpa.run.explaining import explain
 from hpa.run.exporting import export
 from hpa.run.predicting import predict
+from hpa.run.training import train
 
 CLASS_NAMES = ["Nucleus", "Nucleoli", "Cytosol", "Membrane", "Mitochondria", "Vesicles"]
 
@@ -140,20 +141,12 @@ def test_a_label_outside_the_names_file_is_refused_with_its_row(six_class_run, t
     table = pd.read_csv(root / "train.csv", dtype=str)
     table.loc[5, "Target"] = "2 6"
     table.to_csv(bad_root / "train.csv", index=False)
-    result = run_module(
-        "hpa.train",
-        "data=hpa",
-        f"data.root={bad_root}",
-        "labels=custom",
-        f"labels.names_file={names}",
-        "data.image_size=64",
-        f"hydra.run.dir={tmp_path / 'run'}",
-    )
-    assert result.returncode == 2
-    message = result.stderr + result.stdout
-    assert str(bad_root / "train.csv") in message
-    assert table.loc[5, "Id"] in message or "line 7" in message or "row 5" in message
-    assert "class id 6 is outside 0..5" in message
+    overrides = ["data=hpa", f"data.root={bad_root}", "labels=custom"]
+    overrides += [f"labels.names_file={names}", "data.image_size=64"]
+    with pytest.raises(HPAInputError, match="class id 6 is outside 0..5") as refused:
+        train(compose_entry("train", overrides, tmp_path / "run"))
+    message = str(refused.value)
+    assert str(bad_root / "train.csv") in message and "line 7" in message  # the header is 1
     assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before any training
 
     with pytest.raises(HPAInputError, match="class id 6 is outside 0..5"):

@@ -8,6 +8,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import hydra
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,8 +18,9 @@ from planted import append_rows, write_degraded_copy
 
 from hpa.core.errors import HPAInputError
 from hpa.core.labels import HPA2018, HPA2021, LabelSet
+from hpa.data.cell_datamodule import CellDataModule
 from hpa.data.class_statistics import ClassStatistics
-from hpa.data.config import DataConfig, DuplicatesConfig, NormalizeConfig, SplitConfig
+from hpa.data.config import DuplicatesConfig, NormalizeConfig, SplitConfig
 from hpa.data.datamodule import HPADataModule
 from hpa.data.external import MultiRootDataset, join_external_roots, read_external_roots
 from hpa.data.grouped_split import RootSplit, split_with_duplicate_groups
@@ -80,8 +82,10 @@ def config_of(root: Path, **options) -> dict:
 @pytest.mark.parametrize("option", sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml")))
 def test_every_data_config_is_read_with_its_meaning(option: str, tmp_path: Path):
     cfg = compose_entry("train", [f"data={option}", "data.root=/some/hpa", "seed=5"], tmp_path)
-    config = DataConfig.from_mapping(cfg.data)
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    module_class = hydra.utils.get_class(data["_target_"])
+    datamodule = module_class.from_config(cfg.data, HPA2018)  # nothing is read yet
+    config = datamodule.config
     assert config.root == Path("/some/hpa") and config.image_size == data["image_size"]
     assert config.split == SplitConfig(fractions=tuple(data["split"]), seed=5)
     assert config.sampler.oversample is data["oversample"]
@@ -92,8 +96,15 @@ def test_every_data_config_is_read_with_its_meaning(option: str, tmp_path: Path)
     assert config.cache.enabled is data["cache"]
     assert config.cache.cache_dir == Path(data["cache_dir"])
     assert config.loader.batch_size == data["batch_size"]
-    if option.startswith("synthetic"):
+    if data["synthetic"] is not None:
         assert config.synthetic.num_images == data["synthetic"]["num_images"]
+    if isinstance(datamodule, CellDataModule):  # the 2021 layout's own keys
+        assert datamodule.cells.cell_truth == Path("/some/hpa/cell_truth")
+        assert datamodule.cells.segment_processes == data["segment_processes"]
+        if data["synthetic_cells"] is not None:
+            assert (
+                datamodule.cells.synthetic_cells.num_train == (data["synthetic_cells"]["num_train"])
+            )
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from hpa.core.metric_names import TEST_CELL_MAP, TEST_CELL_MATCH_RATE
 from hpa.core.run_dir import RunDir
 from hpa.evaluation.rle import decode_coco_rle_counts
 from hpa.run.predicting import predict
+from hpa.run.training import train
 
 TINY_CELL_SET = (
     "experiment=single_cell",
@@ -141,13 +142,8 @@ def test_a_label_outside_the_19_classes_is_refused_with_its_row(single_cell_run,
     table.loc[3, "Label"] = "0|19"
     table.to_csv(bad_root / "train.csv", index=False)
     real_layout = [o for o in TINY_CELL_SET if not o.startswith("data.synthetic_cells.")]
-    result = run_module(
-        "hpa.train",
-        *real_layout,
-        "data=hpa2021",
-        f"data.root={bad_root}",
-        f"hydra.run.dir={tmp_path / 'run'}",
-    )
-    assert result.returncode == 2
-    message = result.stderr + result.stdout
-    assert "class id 19 is outside 0..18" in message and str(bad_root / "train.csv") in message
+    cfg = compose_entry("train", [*real_layout, "data=hpa2021", f"data.root={bad_root}"], tmp_path)
+    with pytest.raises(HPAInputError, match="class id 19 is outside 0..18") as refused:
+        train(cfg)
+    assert str(bad_root / "train.csv") in str(refused.value)
+    assert not (tmp_path / "checkpoints").exists()  # stopped before any training
