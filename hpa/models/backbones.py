@@ -17,6 +17,8 @@ import torch
 from timm.models import load_state_dict
 from torch import nn
 
+from hpa.core.errors import HPAInputError
+
 logger = logging.getLogger(__name__)
 
 SEED_CNN_NAME = "seed_cnn"
@@ -130,6 +132,17 @@ def create_backbone(
     if in_chans != RGB_CHANNELS:
         widen_stem_conv(model, in_chans)
     return model
+
+
+def check_backbone_name(name: str) -> None:
+    """HPAInputError, with the closest names, unless ``name`` is the seed CNN or a timm model:
+    what a run checks before it reads any data."""
+    if name == SEED_CNN_NAME:
+        return
+    try:
+        _check_timm_name(name)
+    except ValueError as error:
+        raise HPAInputError(f"model.name={name}: {error}") from None
 
 
 def _check_timm_name(name: str) -> None:

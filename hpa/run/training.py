@@ -41,6 +41,7 @@ from hpa.run.cells import (
     score_test_cells,
     training_cell_stage,
 )
+from hpa.run.preflight import check_run_config
 from hpa.run.resume import continue_loggers, prepare_resume
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job described by ``cfg``; returns its final metrics."""
     resumed_position = prepare_resume(cfg)  # resume=RUN_DIR, ckpt_path=last: continue that run
+    check_run_config(cfg)  # a misspelt backbone, loss or policy stops here, before any data
     run_dir = RunDir(cfg.paths.output_dir)
     # offline nodes: no pretrained weights to be had stops the run before any work (a run that
     # starts from a checkpoint, model.init_from, needs none)
