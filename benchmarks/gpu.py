@@ -71,6 +71,7 @@ class Report:
         self.json_path = json_path
         self.rows: list[tuple[str, str]] = []
         self.values: dict[str, object] = {}
+        self.failed: list[str] = []  # the measurements that raised: the run exits non-zero
 
     def add(self, label: str, text: str, **values: object) -> None:
         self.rows.append((label, text))
@@ -87,6 +88,7 @@ class Report:
             traceback.print_exc()
             message = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:160]}"
             self.add(name, f"FAILED ({message})", **{f"{name}_error": message})
+            self.failed.append(name)
             return None
         finally:
             release_memory()
@@ -480,6 +482,9 @@ def main() -> None:
     report.add("benchmark wall time", f"{time.perf_counter() - started:7.1f} s")
 
     print_table(f"gpu: training throughput of {args.model} at {args.size} px", report.rows)
+    if report.failed:  # a table with FAILED rows is no measurement: say so in the exit code
+        raise SystemExit(f"[benchmarks.gpu] {len(report.failed)} measurement(s) failed: "
+                         f"{', '.join(report.failed)}")  # fmt: skip
 
 
 if __name__ == "__main__":

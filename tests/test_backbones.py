@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import timm
 import torch
 from torch import nn
 
+from hpa.core.errors import HPAInputError
 from hpa.core.labels import HPA2018
 from hpa.models.backbones import SeedCNN, create_backbone, widen_stem_conv
 
@@ -174,3 +176,27 @@ def test_checkpoint_with_foreign_keys_raises(tmp_path: Path) -> None:
         create_backbone(
             "resnet18", num_classes=HPA2018.num_classes, pretrained=True, pretrained_path=str(path)
         )
+
+
+def test_a_checkpoint_missing_some_weights_is_refused_unless_partial_is_allowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, saved = save_random_rgb_weights("resnet18", tmp_path)
+    dropped = [key for key in saved if key.startswith("layer4.")]
+    torch.save({key: value for key, value in saved.items() if key not in dropped}, path)
+    settings = {
+        "num_classes": HPA2018.num_classes,
+        "pretrained": True,
+        "pretrained_path": str(path),
+    }
+
+    with pytest.raises(HPAInputError, match=r"model.allow_partial_pretrained=true") as refused:
+        create_backbone("resnet18", **settings)
+    assert f"{len(dropped)} of" in str(refused.value) and "layer4." in str(refused.value)
+
+    with caplog.at_level(logging.WARNING):
+        model = create_backbone("resnet18", **settings, allow_partial_pretrained=True)
+    assert "keep their random init" in caplog.text
+    torch.testing.assert_close(
+        model.state_dict()["layer1.0.conv1.weight"], saved["layer1.0.conv1.weight"]
+    )

@@ -65,6 +65,10 @@ def test_output_path_and_a_checkpoint_away_from_its_run(small_trained_run, tmp_p
     assert written == output and output.is_file()
     assert OnnxPredictor(output).train_config == ""  # no run config to store
     assert not (tmp_path / "run" / "model.onnx").exists()
+    # no run, no test images: the parity check ran on random images only, and says so
+    check = json.loads((tmp_path / "run" / RunDir.EXPORT_CHECK).read_text())
+    assert check["test_images"] == 0 and check["random_images"] > 0
+    assert "data root" in check["random_only_because"]
 
 
 def test_bad_input_and_failed_parity_write_nothing(small_trained_run, tmp_path):

@@ -14,6 +14,7 @@ from cli import SMALL_SYNTHETIC_SET, run_module
 
 from hpa.core.labels import HPA2018
 from hpa.core.metric_names import TEST_F1_MACRO, TEST_F1_SAMPLES, VAL_F1_MACRO, VAL_F1_SAMPLES
+from hpa.core.run_dir import RunDir
 from hpa.core.thresholds_file import load_thresholds
 from hpa.data.datamodule import HPADataModule
 from hpa.data.synthetic import generate_dataset
@@ -36,6 +37,9 @@ def test_debug_fast_run_writes_every_artifact(tmp_path: Path):
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert RunDir(run_dir).evaluated_weights()["weights"] == "best.ckpt"
+    assert RunDir(run_dir).label_set() == HPA2018
+    assert len(RunDir(run_dir).class_counts()) == HPA2018.num_classes
 
     split = pd.read_csv(run_dir / "split.csv")
     assert list(split.columns[:2]) == ["Id", "split"]
@@ -139,3 +143,17 @@ def test_a_synthetic_set_written_by_hand_is_read_where_it_is(tmp_path: Path):
     datamodule = HPADataModule.from_config(config, HPA2018)
     datamodule.prepare_data()  # reads the set in place, generates nothing elsewhere
     assert not (tmp_path / "x").exists()
+
+
+def test_a_run_without_a_best_checkpoint_says_its_metrics_are_of_the_final_weights(
+    tmp_path: Path,
+):
+    result = run_train(
+        tmp_path, "debug=fast", "model=cnn", "callbacks=none", "+trainer.enable_checkpointing=false"
+    )
+    run = RunDir(tmp_path / "run")
+    assert run.metrics()  # the final metrics, of the final weights
+    assert "no best checkpoint was saved" in result.stdout + result.stderr
+    assert run.evaluated_weights()["weights"] == "final"
+    assert "no best checkpoint" in run.evaluated_weights()["why"]
+    assert not (run.path / "checkpoints" / "best.ckpt").exists()

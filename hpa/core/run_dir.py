@@ -11,6 +11,8 @@ A training run (``python -m hpa.train``) writes::
     RUN/class_counts.csv        class_id, class_name, train_images, train_rate, pos_weight,
                                 sampler_weight: the class statistics of the train split used
     RUN/metrics.json            final val and test metrics, plain floats
+    RUN/evaluated_weights.json  which weights those metrics are of: a checkpoint, or the final
+                                weights (with a warning) when no best checkpoint was saved
     RUN/thresholds.json         per-class decision thresholds
     RUN/test_predictions.csv    Id, one probability column per class, Target
     RUN/test_per_class.csv      precision, recall, F1, support per class
@@ -81,6 +83,7 @@ class RunDir:
     AVERAGE_SUBRUN = "average-last{last}"  # RUN/average-last5/: hpa.average RUN --last 5
     SPLIT = "split.csv"
     LABELS = "labels.json"
+    EVALUATED_WEIGHTS = "evaluated_weights.json"
     TEST_CELLS = "test_cells.csv"
     TEST_CELL_AP = "test_cell_ap.csv"
     CELLS_INFO = "cells.json"
@@ -100,6 +103,7 @@ class RunDir:
     EXPLANATIONS_DIR = "explanations"
     EXPLANATION_SUFFIX = ".png"  # EXPLANATIONS_DIR/{Id}.png: one image's maps (hpa.explain)
     ONNX_MODEL = "model.onnx"
+    EXPORT_CHECK = "export_check.json"  # hpa.export: the parity check, on which images
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -351,6 +355,26 @@ class RunDir:
 
     def test_cell_ap(self) -> pd.DataFrame:
         return pd.read_csv(self.path / self.TEST_CELL_AP)
+
+    def write_evaluated_weights(self, checkpoint_path: str | Path | None) -> None:
+        """Which weights the final metrics are of: ``checkpoint_path``, or (None) the weights
+        the model ended training with."""
+        if checkpoint_path is None:
+            record = {
+                "weights": "final",
+                "checkpoint": None,
+                "why": "no best checkpoint was saved (no checkpoint callback monitoring "
+                "optimized_metric): the metrics are of the weights training ended with",
+            }
+        else:
+            record = {"weights": Path(checkpoint_path).name, "checkpoint": str(checkpoint_path)}
+        write_json(self.path / self.EVALUATED_WEIGHTS, record)
+
+    def evaluated_weights(self) -> dict:
+        return json.loads((self.path / self.EVALUATED_WEIGHTS).read_text())
+
+    def write_export_check(self, check: dict) -> None:
+        write_json(self.path / self.EXPORT_CHECK, check)
 
     def write_label_set(self, label_set: LabelSet) -> None:
         write_json(self.path / self.LABELS, label_set.to_dict())

@@ -96,6 +96,7 @@ def create_backbone(
     pretrained: bool = False,
     pretrained_path: str | None = None,
     drop_rate: float = 0.0,
+    allow_partial_pretrained: bool = False,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """Build the model ``name``: ``"seed_cnn"`` or any timm model name (resnet50, densenet121...).
@@ -103,7 +104,9 @@ def create_backbone(
     With ``pretrained=True`` the timm RGB weights are loaded (from ``pretrained_path``, a local
     state-dict file, if given; otherwise timm downloads them) into a 3-channel model whose stem
     conv is then widened to ``in_chans`` channels; the classifier is freshly initialised whenever
-    ``num_classes`` differs from the checkpoint's. ``timm_kwargs`` go to ``timm.create_model``
+    ``num_classes`` differs from the checkpoint's. A ``pretrained_path`` file that misses some of
+    the backbone's weights is refused unless ``allow_partial_pretrained``. ``timm_kwargs`` go to
+    ``timm.create_model``
     (or to ``SeedCNN`` for the seed CNN).
     """
     if name == SEED_CNN_NAME:
@@ -128,7 +131,9 @@ def create_backbone(
             **timm_kwargs,
         )
 
-    model = _create_pretrained_rgb_model(name, num_classes, pretrained_path, drop_rate, timm_kwargs)
+    model = _create_pretrained_rgb_model(
+        name, num_classes, pretrained_path, drop_rate, timm_kwargs, allow_partial_pretrained
+    )
     if in_chans != RGB_CHANNELS:
         widen_stem_conv(model, in_chans)
     return model
@@ -164,6 +169,7 @@ def _create_pretrained_rgb_model(
     pretrained_path: str | None,
     drop_rate: float,
     timm_kwargs: dict[str, Any],
+    allow_partial: bool = False,
 ) -> nn.Module:
     """Create a 3-channel timm model with its pretrained RGB weights loaded."""
     if pretrained_path is None:
@@ -187,7 +193,7 @@ def _create_pretrained_rgb_model(
         **timm_kwargs,
     )
     if pretrained_path is not None:
-        _check_checkpoint_covers_model(model, pretrained_path)
+        _check_checkpoint_covers_model(model, pretrained_path, allow_partial)
     pretrained_classes = model.pretrained_cfg.get("num_classes")
     if pretrained_classes != num_classes:
         logger.info(
@@ -199,8 +205,11 @@ def _create_pretrained_rgb_model(
     return model
 
 
-def _check_checkpoint_covers_model(model: nn.Module, pretrained_path: str) -> None:
-    """Fail when the file names none of the model's weights, warn when it misses some.
+def _check_checkpoint_covers_model(
+    model: nn.Module, pretrained_path: str, allow_partial: bool = False
+) -> None:
+    """Fail when the file names none of the model's weights, and when it misses some unless
+    ``allow_partial`` (``model.allow_partial_pretrained=true``: then a warning lists them).
 
     timm loads non-strictly whenever the classifier is dropped, and only logs missing keys at
     INFO level, so a checkpoint whose keys carry a prefix ("model.", "backbone.") would otherwise
@@ -221,13 +230,15 @@ def _check_checkpoint_covers_model(model: nn.Module, pretrained_path: str) -> No
             f"{backbone_keys[:2]}, file keys like {sorted(checkpoint_keys)[:2]})"
         )
     if missing_keys:
-        logger.warning(
-            "%d of %d backbone weights are not in %s and keep their random init: %s",
-            len(missing_keys),
-            len(backbone_keys),
-            pretrained_path,
-            ", ".join(missing_keys[:5]),
+        described = (
+            f"{len(missing_keys)} of {len(backbone_keys)} backbone weights are not in "
+            f"{pretrained_path} and would keep their random init: {', '.join(missing_keys[:5])}"
         )
+        if not allow_partial:
+            raise HPAInputError(
+                f"{described}; set model.allow_partial_pretrained=true to train with them so"
+            )
+        logger.warning("%s (model.allow_partial_pretrained=true)", described)
 
 
 def widen_stem_conv(model: nn.Module, in_chans: int) -> None:

@@ -60,6 +60,7 @@ class HPAModule(pl.LightningModule):
         name: str,
         pretrained: bool = False,
         pretrained_path: str | None = None,
+        allow_partial_pretrained: bool = False,
         drop_rate: float = 0.0,
         channels_last: bool = False,
         threshold: float = 0.5,
@@ -92,6 +93,7 @@ class HPAModule(pl.LightningModule):
             pretrained=pretrained,
             pretrained_path=pretrained_path,
             drop_rate=drop_rate,
+            allow_partial_pretrained=allow_partial_pretrained,
         )
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)

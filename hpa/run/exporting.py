@@ -57,7 +57,7 @@ def export(cfg: DictConfig) -> Path:
         log.warning(
             "no %s beside %s: the export holds no training config", RunDir.CONFIG, checkpoint
         )
-    check_images = run_test_images(trained_in, int(cfg.check_images), int(image_size))
+    check_images, fallback = run_test_images(trained_in, int(cfg.check_images), int(image_size))
     difference = export_onnx(
         module,
         output,
@@ -78,14 +78,28 @@ def export(cfg: DictConfig) -> Path:
         int(cfg.random_images),
         float(cfg.tolerance),
     )
+    RunDir(cfg.paths.output_dir).write_export_check(
+        {
+            "model": str(output),
+            "max_probability_difference": float(difference),
+            "tolerance": float(cfg.tolerance),
+            "test_images": 0 if check_images is None else len(check_images),
+            "random_images": int(cfg.random_images),
+            "random_only_because": fallback,
+        }
+    )
     return output
 
 
-def run_test_images(run: RunDir, count: int, image_size: int) -> np.ndarray | None:
-    """Up to ``count`` test-split images of a run (uint8 N x 4 x S x S), read from its data root's
-    train/ folder; None, with a warning, when the run's split or images cannot be read."""
+def run_test_images(
+    run: RunDir, count: int, image_size: int
+) -> tuple[np.ndarray | None, str | None]:
+    """(up to ``count`` test-split images of a run, uint8 N x 4 x S x S, read from its data
+    root's train/ folder; None) or, with a warning, (None, why) when the run's split or images
+    cannot be read: the check then runs on random images only, and export_check.json says
+    why."""
     if count <= 0:
-        return None
+        return None, "check_images=0"
     data_root = run_data_root(run)
     try:
         if data_root is None:
@@ -99,5 +113,5 @@ def run_test_images(run: RunDir, count: int, image_size: int) -> np.ndarray | No
         ]
     except HPAInputError as error:
         log.warning("checking the export on random images only: %s", error)
-        return None
-    return np.stack(images)
+        return None, str(error)
+    return np.stack(images), None

@@ -141,6 +141,7 @@ def finish_run(
 
     final_metrics = {name: float(value) for name, value in sorted(final_metrics.items())}
     run_dir.write_metrics(final_metrics)
+    run_dir.write_evaluated_weights(checkpoint_path)
     if report and trainer.is_global_zero:
         reporting.log_to_wandb(list(loggers), reporting.write_report(run_dir.path))
     _log_summary(final_metrics, run_dir, checkpoint_path)
@@ -200,7 +201,11 @@ def _best_checkpoint_path(trainer: pl.Trainer) -> str | None:
     callback = trainer.checkpoint_callback
     if callback is not None and getattr(callback, "best_model_path", ""):
         return callback.best_model_path
-    log.warning("no best checkpoint was saved: evaluating the final weights")
+    log.warning(
+        "no best checkpoint was saved: the final metrics are of the final weights, not of a "
+        "best checkpoint (%s says so)",
+        RunDir.EVALUATED_WEIGHTS,
+    )
     return None
 
 
