@@ -26,6 +26,7 @@ from hpa.run.training import train
 
 TINY_CELL_SET = (
     "experiment=single_cell",
+    "cells=cam",  # the class-activation path end to end (broadcast: the experiment's default)
     "data.synthetic_cells.num_train=60",
     "data.synthetic_cells.num_test=4",
     "data.image_size=64",
