@@ -190,7 +190,7 @@ def predict_with_tta(
     reduce: str = "mean",
     crop_size: int | None = None,
 ) -> Any:
-    """Reduce ``model_fn``'s (B, 28) probabilities over the ``mode`` transforms of ``images``.
+    """Reduce ``model_fn``'s (B, classes) probabilities over the ``mode`` transforms of ``images``.
 
     ``images`` is a (B, C, H, W) torch tensor or numpy array of any dtype (uint8 for HPAModule and
     the ONNX models); ``model_fn`` returns the same kind; ``reduce`` is "mean" or "max" over

@@ -76,7 +76,7 @@ PANEL_DPI = 100
 
 
 class LogitsOfRawImages(nn.Module):
-    """An HPAModule as (N, 4, H, W) RGBY images on the 0..255 scale, uint8 or float -> (N, 28)
+    """An HPAModule as (N, 4, H, W) RGBY images on the 0..255 scale, uint8 or float -> (N, classes)
     logits, with the module's own scaling and normalisation. Float input lets the gradient-free
     methods feed masked images and the gradient methods backpropagate.
 
@@ -158,7 +158,7 @@ class Explanation(NamedTuple):
 
 
 def class_probabilities(module: HPAModule, images: np.ndarray | torch.Tensor) -> np.ndarray:
-    """(B, 28) float32 probabilities of a uint8 (B, 4, H, W) batch, without test-time
+    """(B, classes) float32 probabilities of a uint8 (B, 4, H, W) batch, without test-time
     augmentation (the maps explain the plain image), on the module's device, in eval mode (the
     module's mode is restored)."""
     if not isinstance(images, torch.Tensor):

@@ -1,7 +1,7 @@
 """Export a trained HPAModule to an .onnx file that predicts on raw images by itself.
 
-The graph takes the uint8 RGBY batch as the datasets give it (N x 4 x S x S) and returns the 28
-class probabilities: the scaling to 0..1, the channel normalisation and the sigmoid are inside it.
+The graph takes the uint8 RGBY batch as the datasets give it (N x 4 x S x S) and returns the
+class probabilities of its label set: the scaling to 0..1, the channel normalisation and the sigmoid are inside it.
 Its metadata (``metadata_props``, keys in ``hpa.integrations.onnx_runtime``) hold the class names,
 the per-class thresholds, ``ensure_one_label``, the image size, the backbone name and the training
 config, so ``OnnxPredictor`` turns probabilities into decisions without the checkpoint.
@@ -60,7 +60,7 @@ class OnnxParityError(HPAInputError):
 
 
 class ProbabilitiesOfRawImages(nn.Module):
-    """An HPAModule as uint8 RGBY images (N, 4, H, W) -> class probabilities (N, 28): the
+    """An HPAModule as uint8 RGBY images (N, 4, H, W) -> class probabilities (N, classes): the
     module's own scaling and normalisation, then a sigmoid."""
 
     def __init__(self, module: HPAModule) -> None:

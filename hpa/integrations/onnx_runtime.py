@@ -1,7 +1,7 @@
 """Predict with an exported .onnx file and onnxruntime alone: no torch, Lightning or timm.
 
 The file written by ``hpa.integrations.onnx_export`` maps a uint8 RGBY batch (N x 4 x S x S, S
-its image size) to the 28 class probabilities, and carries in its metadata everything needed to
+its image size) to its label set's class probabilities, and carries in its metadata everything needed to
 turn them into decisions: the class names, the per-class thresholds and ``ensure_one_label``.
 This module needs numpy and onnxruntime only (it imports hpa's numpy-only modules), so a machine
 that serves predictions does not install the training stack.

@@ -15,7 +15,7 @@ Which images:
   the data root's train.csv, else the first ``num_images`` of ``ROOT/test/``.
 
 Which classes (``classes=``): ``predicted``, the classes the model predicts at its thresholds;
-``true``, the image's labels; ``all``, the 28. Methods (``method=``): gradcam, gradcam++,
+``true``, the image's labels; ``all``, every class of the label set. Methods (``method=``): gradcam, gradcam++,
 ablationcam (``hpa.integrations.cam``). The method, the class mode, the target layer, the ids
 and, for ``classes=true``, their labels are checked, and the images read, before any map is
 computed; bad input raises HPAInputError (exit code 2).
@@ -54,7 +54,7 @@ _MAX_LISTED = 5
 
 @dataclass(frozen=True)
 class Sample:
-    """An image to explain: its id, the folder of its channel files, its labels (28 multi-hot)
+    """An image to explain: its id, the folder of its channel files, its labels (multi-hot over the label set)
     or None for an unlabelled (test) image."""
 
     sample_id: str
