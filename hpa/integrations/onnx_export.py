@@ -1,7 +1,8 @@
 """Export a trained HPAModule to an .onnx file that predicts on raw images by itself.
 
 The graph takes the uint8 RGBY batch as the datasets give it (N x 4 x S x S) and returns the
-class probabilities of its label set: the scaling to 0..1, the channel normalisation and the sigmoid are inside it.
+class probabilities of its label set: the scaling to 0..1, the channel normalisation and the
+sigmoid are inside it.
 Its metadata (``metadata_props``, keys in ``hpa.integrations.onnx_runtime``) hold the class names,
 the per-class thresholds, ``ensure_one_label``, the image size, the backbone name and the training
 config, so ``OnnxPredictor`` turns probabilities into decisions without the checkpoint.
