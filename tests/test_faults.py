@@ -19,7 +19,8 @@ from hpa.data import synthetic
 from hpa.data.datamodule import HPADataModule
 from hpa.data.epoch_seeding import EpochShuffleSampler
 
-# num_workers=0: every random draw of an epoch then follows (seed, epoch) (see epoch_seeding.py)
+# every random draw of an epoch follows (seed, epoch) (see epoch_seeding.py); the resume test
+# runs with 0 and with 2 workers
 THREE_EPOCHS = (
     *SMALL_SYNTHETIC_SET,
     "model=cnn",
@@ -75,13 +76,15 @@ def test_train_loader_worker_seed_depends_only_on_seed_and_epoch(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path, workers: int) -> None:
     data_dir = tmp_path / "data"
-    run_train(tmp_path / "uninterrupted", data_dir)  # also generates the data set
+    loader = f"data.num_workers={workers}"
+    run_train(tmp_path / "uninterrupted", data_dir, loader)  # also generates the data set
 
     killed = tmp_path / "runs" / "killed"
     process = subprocess.Popen(
-        train_command(killed, data_dir),
+        train_command(killed, data_dir, loader),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -102,7 +105,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path) -> None:
     assert epoch_at_kill < 2
 
     # the same command with ckpt_path=last finds the killed run and continues it in place
-    run_train(tmp_path / "runs" / "resumer", data_dir, "ckpt_path=last")
+    run_train(tmp_path / "runs" / "resumer", data_dir, loader, "ckpt_path=last")
     resumed = json.loads((killed / "metrics.json").read_text())
     expected = json.loads((tmp_path / "uninterrupted" / "metrics.json").read_text())
     assert resumed == expected
@@ -193,3 +196,24 @@ def test_synthetic_set_killed_mid_way_is_rebuilt_never_read(tmp_path: Path) -> N
     synthetic.ensure_dataset(root, 100, 64, seed=0, progress=False)
     assert synthetic.is_complete(root)
     assert len(list((root / "train").iterdir())) == 400
+
+
+def test_an_epochs_batches_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
+    """Each sample's augmentation is seeded from (seed, epoch, position): the same batches
+    whichever process reads them, the ground of an exact resume with workers."""
+    root = synthetic.generate_dataset(tmp_path / "set", 24, 32, 0, progress=False)
+    augment = {"d4": {"_target_": "hpa.data.transforms.D4", "p": 1.0}}
+    batches = {}
+    for workers in (0, 2):
+        config = {"root": root, "image_size": 32, "batch_size": 4, "num_workers": workers}
+        datamodule = HPADataModule.from_config(config, HPA2018, augment=augment)
+        datamodule.setup("fit")
+        loader = datamodule.train_dataloader()
+        loader.sampler.set_epoch(1)
+        batches[workers] = [
+            batch["image"].clone() for batch, _ in zip(loader, range(3), strict=False)
+        ]
+    for first, second in zip(batches[0], batches[2], strict=True):
+        torch.testing.assert_close(first, second, rtol=0, atol=0)
+    loader.sampler.set_epoch(2)
+    assert not torch.equal(next(iter(loader))["image"], batches[2][0])

@@ -105,7 +105,9 @@ class RGBYDataset(Dataset):
         return items
 
     def write_image(self, index: int, out: np.ndarray) -> None:
-        """Write item ``index``'s (augmented) S x S x 4 uint8 image into ``out``."""
+        """Write item ``index``'s (augmented) S x S x 4 uint8 image into ``out``; an index that
+        carries a seed (``hpa.data.epoch_seeding.SeededIndex``) reseeds the augmentation first."""
+        seed_augmentation(self.augmentation, index)
         if self.augmentation is None and self.cache is not None:
             self.cache.read_into(self.cache_rows[index], out)
             return
@@ -132,6 +134,13 @@ class RGBYDataset(Dataset):
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_read_buffer": None}  # each worker makes its own
+
+
+def seed_augmentation(augmentation, index: int) -> None:
+    """Reseed ``augmentation`` (albumentations) with ``index.seed`` when the index carries one."""
+    seed = getattr(index, "seed", None)
+    if augmentation is not None and seed is not None:
+        augmentation.set_random_seed(seed)
 
 
 def new_uint8_tensor(shape: tuple[int, ...]) -> torch.Tensor:

@@ -10,9 +10,12 @@ augmentation from (seed, epoch), and torch's generator is reseeded from (seed, e
 each training step (dropout), because Lightning draws from it differently in a fresh and in a
 resumed epoch. The train loader draws its worker base seed from its own generator.
 
-Exact with ``num_workers=0`` (tested: a killed and resumed run repeats the uninterrupted run's
-metrics.csv); persistent DataLoader workers keep the augmentation state of the epoch they were
-started in, so with workers only the order and dropout repeat after a resume.
+Each train index is drawn as a ``SeededIndex`` carrying the seed of its augmentation, from
+(seed, epoch, position in the epoch): the dataset reseeds the augmentation with it before that
+sample, so an image is augmented the same whichever worker (or the main process) reads it and
+whatever that worker read before. So a killed and resumed run repeats the uninterrupted run's
+metrics.csv and metrics.json with DataLoader workers as without (tested with 0 and 2), and the
+batches of an epoch do not depend on ``data.num_workers``.
 """
 
 from __future__ import annotations
@@ -63,6 +66,21 @@ class EpochShuffleSampler(Sampler[int]):
         return self.num_samples
 
 
+class SeededIndex(int):
+    """A dataset index that carries the seed of its sample's augmentation (``.seed``); an int
+    everywhere else. It survives the pickling that hands indices to DataLoader workers."""
+
+    seed: int
+
+    def __new__(cls, index: int, seed: int) -> SeededIndex:
+        seeded = super().__new__(cls, index)
+        seeded.seed = int(seed)
+        return seeded
+
+    def __reduce__(self):
+        return SeededIndex, (int(self), self.seed)
+
+
 class EpochSeededSampler(Sampler[int]):
     """Wraps the train sampler; ``set_epoch`` (which Lightning calls before every train epoch, a
     resumed one included, before its first batch is drawn) passes the epoch on and reseeds
@@ -72,6 +90,7 @@ class EpochSeededSampler(Sampler[int]):
         self.sampler = sampler
         self.seed = int(seed)
         self.augmentation = augmentation
+        self.epoch = 0
         # for the DataLoader: its per-iterator draw of the worker base seed would otherwise come
         # from the global generator, shifting dropout by one draw whenever the iterator is
         # created after ``set_epoch`` (every epoch but the first of a process)
@@ -80,6 +99,7 @@ class EpochSeededSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+        self.epoch = int(epoch)
         seed = epoch_seed(self.seed, epoch)
         log.info(
             "train epoch %d: order, augmentation and dropout seeded from (%d, %d)",
@@ -95,7 +115,9 @@ class EpochSeededSampler(Sampler[int]):
             self.augmentation.set_random_seed(seed)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.sampler)
+        # position, not index: an image drawn twice in an epoch (repeat draws) is augmented twice
+        for position, index in enumerate(self.sampler):
+            yield SeededIndex(index, epoch_seed(self.seed, self.epoch, position))
 
     def __len__(self) -> int:
         return len(self.sampler)

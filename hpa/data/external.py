@@ -26,7 +26,7 @@ import pandas as pd
 
 from hpa.core.errors import HPAInputError
 from hpa.core.labels import LabelSet
-from hpa.data.dataset import RGBYDataset
+from hpa.data.dataset import RGBYDataset, seed_augmentation
 from hpa.data.duplicates import RowPairs, near_duplicate_pairs, root_hashes
 from hpa.data.grouped_split import RootSplit
 from hpa.data.table import ImageTable, TableReader, read_image_table
@@ -218,6 +218,7 @@ class MultiRootDataset(RGBYDataset):
 
     def write_image(self, index: int, out: np.ndarray) -> None:
         part, index_in_part = self._part_of(index)
+        seed_augmentation(part.augmentation, index)  # the part's index is a plain int
         part.write_image(index_in_part, out)
 
     def read_image(self, index: int) -> np.ndarray:
