@@ -320,7 +320,16 @@ class HPADataModule(pl.LightningDataModule):
         # each epoch's order and augmentation depend only on (seed, epoch): resumed runs repeat
         augmentation = self.datasets["train"].augmentation
         seeded = EpochSeededSampler(order, seed, augmentation)
+        # Lightning creates the loader's iterator before it calls set_epoch, and worker processes
+        # start drawing indices at once: a run resumed at epoch e must draw e's from the start
+        # (the epoch Lightning will pass to set_epoch: its loop's processed epochs)
+        seeded.start_at(self._epoch_to_train())
         return self._loader("train", sampler=seeded, generator=seeded.generator)
+
+    def _epoch_to_train(self) -> int:
+        if self.trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_progress.current.processed)
 
     def _evaluation_loader(self, name: str) -> DataLoader:
         """Under DDP each rank evaluates its own rows and every row is seen exactly once."""

@@ -96,10 +96,17 @@ class EpochSeededSampler(Sampler[int]):
         # created after ``set_epoch`` (every epoch but the first of a process)
         self.generator = torch.Generator()
 
-    def set_epoch(self, epoch: int) -> None:
+    def start_at(self, epoch: int) -> None:
+        """Draw the order and the augmentation seeds of ``epoch`` (without reseeding the global
+        generators): what a loader created for a run resumed at ``epoch`` must draw before
+        Lightning's ``set_epoch``."""
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
         self.epoch = int(epoch)
+        self.generator.manual_seed(epoch_seed(self.seed, epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.start_at(epoch)
         seed = epoch_seed(self.seed, epoch)
         log.info(
             "train epoch %d: order, augmentation and dropout seeded from (%d, %d)",
@@ -110,7 +117,6 @@ class EpochSeededSampler(Sampler[int]):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        self.generator.manual_seed(seed)
         if self.augmentation is not None:
             self.augmentation.set_random_seed(seed)
 
