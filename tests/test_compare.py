@@ -201,6 +201,7 @@ def test_a_second_stage_is_labelled_by_its_start_not_its_checkpoint_path():
     assert labels == {"train data.image_size=96 model.init_from=CKPT"}
 
 
+@pytest.mark.slow  # the default suite stays under 10 minutes; make test-slow runs it
 def test_cli_subprocess(sweep: Path, tmp_path: Path):
     ok = run_module("hpa.compare", str(sweep), "--format", "csv")
     assert ok.returncode == 0, ok.stderr

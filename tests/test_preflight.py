@@ -55,6 +55,7 @@ def test_a_typo_fails_before_the_data_module_reads_anything(
     assert not (tmp_path / "run" / "split.csv").exists()
 
 
+@pytest.mark.slow  # the default suite stays under 10 minutes; make test-slow runs it
 def test_the_command_line_says_it_in_one_line_with_exit_code_2(kaggle_root, tmp_path) -> None:
     result = run_module(
         "hpa.train",

@@ -76,13 +76,11 @@ def _own_decode(text: str, height: int, width: int) -> np.ndarray:
 
 def test_predict_writes_the_2021_submission_that_pycocotools_decodes(single_cell_run, tmp_path):
     run, root = single_cell_run
-    result = run_module(
-        "hpa.predict",
-        f"ckpt_path={run.best_checkpoint}",
-        f"data.root={root}",
-        f"hydra.run.dir={tmp_path}",
+    predict(
+        compose_entry(
+            "predict", [f"ckpt_path={run.best_checkpoint}", f"data.root={root}"], tmp_path
+        )
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     submission = pd.read_csv(tmp_path / RunDir.SUBMISSION, dtype=str, keep_default_na=False)
     sample = pd.read_csv(root / "sample_submission.csv", dtype=str, keep_default_na=False)
     assert list(submission.columns) == ["ID", "ImageWidth", "ImageHeight", "PredictionString"]

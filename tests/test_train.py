@@ -145,6 +145,7 @@ def test_a_synthetic_set_written_by_hand_is_read_where_it_is(tmp_path: Path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # the default suite stays under 10 minutes; make test-slow runs it
 def test_a_run_without_a_best_checkpoint_says_its_metrics_are_of_the_final_weights(
     tmp_path: Path,
 ):

@@ -242,6 +242,7 @@ def test_missing_and_truncated_images_stop_training(small_set: Path, tmp_path: P
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # the default suite stays under 10 minutes; make test-slow runs it
 def test_full_traceback_with_hydra_full_error(small_set: Path, tmp_path: Path) -> None:
     root = copy_of(small_set, tmp_path)
     (root / "train.csv").write_text("")
