@@ -154,6 +154,7 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
         train_command(
             tmp_path / "run",
             tmp_path / "data",
+            "scheduler=cosine",  # the default is none: a scheduler node to turn into StepLR
             "~scheduler.T_max",
             "scheduler._target_=torch.optim.lr_scheduler.StepLR",
             "+scheduler.step_size=1",

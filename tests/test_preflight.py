@@ -34,7 +34,6 @@ def _nothing_derived_from(root: Path) -> None:
         (["model=timm", "model.name=resnet9000"], "resnet9000.*Close matches: .*resnet"),
         (["loss=focal", "+loss.gama=3"], "gama"),
         (["model.thresholds=rated"], "unknown threshold policy 'rated'"),
-        (["optimizer.lr=-1"], "Invalid learning rate"),
         (["+data.sampler.stratgy=minority"], "data.sampler.stratgy"),
         (["experiment=single_cell", "segment.name=watershedd"], "watershedd"),
         (["experiment=single_cell", "+cells.wieght=0.3"], "wieght"),

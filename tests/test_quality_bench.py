@@ -191,7 +191,11 @@ def test_driver_records_a_plain_and_an_hpa_run_as_hpa_scores_them(tmp_path: Path
         assert curves["val_f1"][kept] == pytest.approx(metrics["val/f1_macro"], abs=1e-6)
         assert curves["val_loss"][kept] == pytest.approx(metrics["val/loss"], abs=1e-4)
         rows = {(row["rule"], row["policy"]): row for row in score_run(key, record)}
-        assert rows["val_f1", "tuned"]["macro_f1"] == pytest.approx(metrics["test/f1_macro"])
+        # hpa's run decides at its own policy's thresholds (model.thresholds, rate by default)
+        policy = OmegaConf.load(
+            tmp_path / "runs" / key.name / ".hydra/config.yaml"
+        ).model.thresholds
+        assert rows["val_f1", policy]["macro_f1"] == pytest.approx(metrics["test/f1_macro"])
         assert rows["val_f1", "0.5"]["macro_f1"] == pytest.approx(metrics["test/f1_macro@0.5"])
     stamps = {path: path.stat().st_mtime_ns for path in records.values()}
     assert driver.main(arguments) == 0  # cached: nothing is trained again

@@ -58,7 +58,12 @@ def test_offline_multirun_logs_one_wandb_run_per_job(tmp_path: Path, monkeypatch
 
         # the summary holds the final (best checkpoint) metrics of metrics.json
         final = json.loads((job_dir / "metrics.json").read_text())
-        for name in (VAL_F1_MACRO, TEST_F1_MACRO, TEST_F1_SAMPLES, per_class_f1_name("test", 0)):
+        for name in (
+            VAL_F1_MACRO,
+            TEST_F1_MACRO,
+            TEST_F1_SAMPLES,
+            per_class_f1_name("test", HPA2018, 0),
+        ):
             assert run.summary[name] == pytest.approx(final[name], abs=1e-6)
         epochs = run.values(VAL_F1_MACRO)
         assert len(epochs) >= 3  # two epochs and the validation of the best checkpoint
@@ -68,7 +73,9 @@ def test_offline_multirun_logs_one_wandb_run_per_job(tmp_path: Path, monkeypatch
         assert per_class["columns"] == ["class_id", "class", "f1", "support"]
         assert [row[1] for row in per_class["data"]] == list(HPA2018.class_names)
         for class_id, _, f1, _ in per_class["data"]:
-            assert f1 == pytest.approx(final[per_class_f1_name("test", class_id)], abs=1e-6)
+            assert f1 == pytest.approx(
+                final[per_class_f1_name("test", HPA2018, class_id)], abs=1e-6
+            )
         chart = run.config["_wandb/visualize/test/per_class_f1_chart"]["panel_config"]
         assert chart["panelDefId"] == "wandb/bar/v0"
         assert chart["fieldSettings"] == {"label": "class", "value": "f1"}
