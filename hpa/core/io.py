@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
@@ -59,3 +61,28 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     write_atomic(path, lambda p: p.write_bytes(data))
+
+
+def move_folder_into_place(
+    work_dir: str | Path, root: str | Path, already_there: Callable[[], bool]
+) -> None:
+    """Replace the folder ``root`` with the finished ``work_dir`` (a sibling). An old ``root`` is
+    moved aside in one rename before it is deleted, so that a process killed while deleting it
+    never leaves a half-deleted set under ``root``. When the final rename fails because another
+    process put its own copy there first (``already_there()`` says it is the same), that copy is
+    kept and ``work_dir`` deleted."""
+    work_dir, root = Path(work_dir), Path(root)
+    old = root.with_name(f"{root.name}.old-{os.getpid()}")
+    if root.is_dir():
+        os.rename(root, old)
+        shutil.rmtree(old)
+    try:
+        os.rename(work_dir, root)
+    except OSError:
+        if already_there():
+            logging.getLogger(__name__).info(
+                "%s was completed by another process meanwhile; using it", root
+            )
+            shutil.rmtree(work_dir, ignore_errors=True)
+            return
+        raise

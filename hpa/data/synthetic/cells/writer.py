@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hpa.core.errors import HPAInputError
+from hpa.core.io import move_folder_into_place
 from hpa.core.labels import CHANNELS, HPA2021
 from hpa.data.synthetic.cells.assignment import format_label
 from hpa.data.synthetic.cells.render import CellImage, render_cell_image
@@ -196,21 +197,9 @@ def _check_replaceable(root: Path) -> None:
 
 def _move_into_place(work_dir: Path, root: Path, manifest: dict) -> None:
     _check_replaceable(root)
-    # Move an old set aside (one rename) before deleting it: a process killed while deleting it
-    # must not leave ROOT with its manifest but some images gone.
-    old_set = root.with_name(f"{root.name}.old-{os.getpid()}")
-    if root.is_dir():
-        os.rename(root, old_set)
-        shutil.rmtree(old_set)
-    try:
-        os.rename(work_dir, root)
-    except OSError:
-        # Another process may have finished the same set first (e.g. several ranks at once).
-        if is_complete(root) and read_manifest(root) == manifest:
-            logger.info("%s was completed by another process meanwhile; using it", root)
-            shutil.rmtree(work_dir, ignore_errors=True)
-            return
-        raise
+    move_folder_into_place(
+        work_dir, root, lambda: is_complete(root) and read_manifest(root) == manifest
+    )
 
 
 def generate_cell_set(
