@@ -37,11 +37,6 @@ def per_class_ap_name(stage: str, label_set: LabelSet, class_id: int) -> str:
     return metric_name(stage, f"{CELL_AP}/{label_set.slug(class_id)}")
 
 
-def per_class_f1_prefix(stage: str) -> str:
-    """What every per-class F1 name of ``stage`` starts with: "test/f1_class/"."""
-    return metric_name(stage, F1_CLASS) + "/"
-
-
 TRAIN_LOSS = metric_name(TRAIN, LOSS)
 VAL_LOSS = metric_name(VAL, LOSS)
 VAL_F1_MACRO = metric_name(VAL, F1_MACRO)

@@ -22,7 +22,7 @@ from hpa.models.module import HPAModule
 log = logging.getLogger(__name__)
 
 
-def _plain(config: DictConfig | Mapping | None):
+def plain_config(config: DictConfig | Mapping | None):
     """A resolved config as plain Python containers (what checkpoints and loggers can store)."""
     if config is None:
         return None
@@ -35,7 +35,7 @@ def build_datamodule(cfg: DictConfig) -> HPADataModule:
     """The data module of ``cfg.data`` (its ``_target_`` class, built by its ``from_config``),
     with the label set of ``cfg.labels`` and the augmentation of ``cfg.augment``."""
     return _datamodule_class(cfg.data).from_config(
-        cfg.data, build_label_set(_plain(cfg.get("labels"))), _plain(cfg.get("augment"))
+        cfg.data, build_label_set(plain_config(cfg.get("labels"))), plain_config(cfg.get("augment"))
     )
 
 
@@ -53,10 +53,10 @@ def build_module(cfg: DictConfig, datamodule: HPADataModule) -> HPAModule:
     overrides = {"pretrained": False, "pretrained_path": None} if init_from else {}
     module = instantiate(
         cfg.model,
-        loss=with_train_class_counts(_plain(cfg.get("loss")), datamodule.class_statistics),
+        loss=with_train_class_counts(plain_config(cfg.get("loss")), datamodule.class_statistics),
         labels=datamodule.label_set.to_dict(),
-        optimizer=_plain(cfg.get("optimizer")),
-        scheduler=_plain(cfg.get("scheduler")),
+        optimizer=plain_config(cfg.get("optimizer")),
+        scheduler=plain_config(cfg.get("scheduler")),
         channel_mean=datamodule.channel_mean.tolist(),
         channel_std=datamodule.channel_std.tolist(),
         monitor=cfg.get("optimized_metric", VAL_F1_MACRO),

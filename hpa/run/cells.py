@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -44,6 +44,7 @@ from hpa.evaluation.cell_map import CellMAP, segmentation_match_rate
 from hpa.evaluation.cell_scoring import check_cell_method, check_cell_options, score_cells
 from hpa.models.activation_maps import activation_maps_and_logits
 from hpa.models.module import HPAModule
+from hpa.run.builders import plain_config
 
 log = logging.getLogger(__name__)
 
@@ -261,9 +262,3 @@ def _write_cell_metrics(
         100 * matched / total,
     )
     return cell_metrics
-
-
-def plain_config(node: Mapping) -> dict:
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)
-    return dict(node)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hpa.core.errors import HPAInputError
 from hpa.core.labels import build_label_set
@@ -26,16 +26,18 @@ from hpa.run import builders
 
 def check_run_config(cfg: DictConfig) -> None:
     """HPAInputError naming the first name of ``cfg`` that a run could not build."""
-    label_set = build_label_set(_plain(cfg.get("labels")))
+    label_set = build_label_set(builders.plain_config(cfg.get("labels")))
     check_backbone_name(cfg.model.name)
     # balanced weights need class counts: one image of every class stands in for the split's
     placeholder = ClassStatistics(label_set, np.ones(label_set.num_classes, dtype=np.int64), 2)
     try:
         module = instantiate(
             cfg.model,
-            loss=builders.with_train_class_counts(_plain(cfg.get("loss")), placeholder),
-            optimizer=_plain(cfg.get("optimizer")),
-            scheduler=_plain(cfg.get("scheduler")),
+            loss=builders.with_train_class_counts(
+                builders.plain_config(cfg.get("loss")), placeholder
+            ),
+            optimizer=builders.plain_config(cfg.get("optimizer")),
+            scheduler=builders.plain_config(cfg.get("scheduler")),
             labels=label_set.to_dict(),
             pretrained=False,
             pretrained_path=None,
@@ -51,9 +53,3 @@ def check_run_config(cfg: DictConfig) -> None:
 def _reason(error: BaseException) -> str:
     cause = error.__cause__ or error
     return str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-
-
-def _plain(node):
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)
-    return node

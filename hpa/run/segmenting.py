@@ -16,7 +16,7 @@ from hpa.core.labels import build_label_set
 from hpa.data.cell_datamodule import CellDataModule
 from hpa.data.cells import MaskCache, build_segmenter
 from hpa.data.reader import read_ids_csv, read_labels_csv
-from hpa.run.cells import plain_config
+from hpa.run.builders import plain_config
 from hpa.run.predicting import test_ids
 
 log = logging.getLogger(__name__)

@@ -50,9 +50,6 @@ class CellTruth:
             cells = self._classes.setdefault(record[id_column], {})
             cells[cell_id] = tuple(int(i) for i in np.flatnonzero(vector))
 
-    def ids(self) -> list[str]:
-        return sorted(self._classes)
-
     def has(self, sample_id: str) -> bool:
         return sample_id in self._classes
 
