@@ -11,6 +11,7 @@ Layering: imports hpa.core and hpa.data only.
 from hpa.data.cells.base import ImageSegmenter, Segmenter
 from hpa.data.cells.cellpose_model import CellposeSegmenter
 from hpa.data.cells.channels import as_channel_stack, read_native_channel, read_native_sample
+from hpa.data.cells.crops import CropCache, crop_cells, crop_positions
 from hpa.data.cells.mask_cache import MaskCache
 from hpa.data.cells.mask_folder import MaskFolderSegmenter
 from hpa.data.cells.segmentation import PROVIDERS, build_segmenter, provider_settings
@@ -19,6 +20,7 @@ from hpa.data.cells.watershed import WatershedSegmenter
 __all__ = [
     "PROVIDERS",
     "CellposeSegmenter",
+    "CropCache",
     "ImageSegmenter",
     "MaskCache",
     "MaskFolderSegmenter",
@@ -26,6 +28,8 @@ __all__ = [
     "WatershedSegmenter",
     "as_channel_stack",
     "build_segmenter",
+    "crop_cells",
+    "crop_positions",
     "provider_settings",
     "read_native_channel",
     "read_native_sample",
