@@ -32,14 +32,11 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
-from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
 from hpa.core.errors import HPAInputError
+from hpa.models.map_consistency import gap_linear_head
 from hpa.models.module import HPAModule
-
-AVERAGE_POOL_TYPES = ("avg", "fast", "fastavg")
-"""``SelectAdaptivePool2d.pool_type`` values that are a plain global average."""
 
 
 class ActivationMaps(NamedTuple):
@@ -103,21 +100,7 @@ def activation_maps_and_logits(module: HPAModule, images: torch.Tensor) -> Activ
 
 def _gap_linear_head(module: HPAModule) -> tuple[nn.Module, nn.Linear]:
     """The backbone's global average pool and its linear classifier; HPAInputError otherwise."""
-    backbone = module.backbone
-    classifier = backbone.get_classifier()
-    pool = getattr(backbone, "global_pool", None)
-    if isinstance(pool, SelectAdaptivePool2d):
-        is_average = pool.pool_type.lower() in AVERAGE_POOL_TYPES
-    else:
-        is_average = isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1))
-    if not isinstance(classifier, nn.Linear) or not is_average:
-        raise HPAInputError(
-            f"backbone {_backbone_name(module)} has no global-average-pool + linear head "
-            f"(classifier: {type(classifier).__name__}, global pool: {pool!r}); cells=cam needs a "
-            "GAP+linear head (resnet*, densenet*, efficientnet*): use another backbone or "
-            "another cells method"
-        )
-    return pool, classifier
+    return gap_linear_head(module.backbone, _backbone_name(module), "cells=cam")
 
 
 def _check_identity(

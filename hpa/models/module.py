@@ -19,6 +19,22 @@ from hpa.evaluation import metrics
 from hpa.evaluation.thresholds import binarize, check_policy
 from hpa.evaluation.tta import center_crop, check_tta_options, predict_with_tta
 from hpa.models.backbones import create_backbone
+from hpa.models.map_consistency import (
+    PUZZLE_IMAGE_LOSS,
+    PUZZLE_L1,
+    PUZZLE_TILE_LOSS,
+    check_puzzle_backbone,
+    check_tile_count,
+    puzzle_losses,
+    split_tiles,
+)
+from hpa.models.mil import (
+    MAX_POOLING,
+    MILPooling,
+    bag_logits,
+    check_attention_backbone,
+    check_mil_mode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +66,23 @@ class HPAModule(pl.LightningModule):
     second stage at a higher resolution); ``hpa.run.builders.build_module`` copies them in, the
     module itself only keeps the name.
 
+    ``map_consistency`` > 0 trains with Puzzle-CAM (``hpa.models.map_consistency``): each
+    training image is also cut into ``map_consistency_tiles`` x ``map_consistency_tiles`` pieces
+    and the loss adds the pieces' classification loss and ``map_consistency`` times the L1
+    between the pieces' reassembled class maps and the image's (sharper maps for
+    ``cells=cam``); 0, the default, trains as before. Validation, test and prediction are
+    unchanged. It needs a GAP + linear head (refused at construction otherwise).
+
+    ``mil_pooling`` ``max`` or ``attention`` trains a cell-crop model from image labels
+    (``hpa.models.mil``): a batch whose ``image`` is 5-D, (B, N, 4, s, s) bags of one image's
+    cell crops with a (B, N) ``cell_mask``, is scored by pooling its cells' outputs into (B, C)
+    bag logits, which the loss and metrics compare with the image's target. A 4-D batch (single
+    crops) goes through the plain forward, so ``module(crops)`` scores cells at inference. With
+    ``mil_pooling=none`` a model trains on single crops only; bags (its validation and test
+    batches) are then scored by the max over their cells' logits. The attention layers
+    (``bag_pooling``, ``mil_attention_dim`` hidden units) are the module's own parameters, saved
+    in its checkpoint.
+
     ``classifier()`` is the network's last layer(s) and ``feature_modules()`` everything before
     it, what ``hpa.models.finetuning.BackboneFinetuning`` freezes for the first epochs. The
     optimizer gets the parameters that require gradients when it is built.
@@ -79,10 +112,15 @@ class HPAModule(pl.LightningModule):
         tta_reduce: str = "mean",
         tta_crop_size: int | None = None,
         init_from: str | None = None,
+        map_consistency: float = 0.0,
+        map_consistency_tiles: int = 2,
+        mil_pooling: str = "none",
+        mil_attention_dim: int = 128,
     ) -> None:
         super().__init__()
         check_tta_options(tta, tta_reduce, tta_crop_size)
         check_policy(thresholds, threshold_params)
+        _check_training_options(map_consistency, map_consistency_tiles, mil_pooling)
         self.save_hyperparameters()
         self.label_set = _label_set(labels, num_classes)
         num_classes = self.label_set.num_classes
@@ -95,6 +133,9 @@ class HPAModule(pl.LightningModule):
             drop_rate=drop_rate,
             allow_partial_pretrained=allow_partial_pretrained,
         )
+        if map_consistency > 0:
+            check_puzzle_backbone(self.backbone, name)
+        self.bag_pooling = _bag_pooling(self.backbone, name, mil_pooling, mil_attention_dim)
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.criterion = instantiate(dict(loss or DEFAULT_LOSS))
@@ -114,14 +155,29 @@ class HPAModule(pl.LightningModule):
         self.test_probabilities: list[torch.Tensor] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self._normalise(images))
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 4, H, W) images as the backbone takes them: uint8 scaled to 0..1, each channel
+        normalised with ``channel_mean``/``channel_std``, in the module's memory format."""
         if images.dtype == torch.uint8:
             images = images.float().div_(255.0)
         images = (images - self.channel_mean) / self.channel_std
+        return images.contiguous(memory_format=self._memory_format())
+
+    def _memory_format(self) -> torch.memory_format:
         # loader batches come in channels-last memory (hpa.data.dataset.collate_samples)
-        memory_format = (
-            torch.channels_last if self.hparams.channels_last else torch.contiguous_format
-        )
-        return self.backbone(images.contiguous(memory_format=memory_format))
+        return torch.channels_last if self.hparams.channels_last else torch.contiguous_format
+
+    def _logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, C) logits of a batch: the images' own, or a bag batch's pooled cell logits (with
+        ``mil_pooling=none``, a single-crop model's validation bags: the max over their cells)."""
+        images = batch["image"]
+        if images.ndim != 5:
+            return self(images)
+        crops = self._normalise(images.flatten(0, 1))  # (B * N, 4, s, s)
+        pooling = MAX_POOLING if self.bag_pooling is None else self.bag_pooling
+        return bag_logits(self.backbone, pooling, crops, batch["cell_mask"])
 
     def probabilities(
         self, images: torch.Tensor, logits: torch.Tensor | None = None
@@ -130,6 +186,8 @@ class HPAModule(pl.LightningModule):
         ``logits`` of the untransformed batch, when already computed, are reused."""
         if self.hparams.tta == "none":
             return torch.sigmoid(self(images) if logits is None else logits)
+        if images.ndim == 5:
+            raise HPAInputError(f"tta={self.hparams.tta} has no meaning for bags of cell crops")
         return predict_with_tta(
             lambda batch: torch.sigmoid(self(batch)),
             images,
@@ -165,12 +223,37 @@ class HPAModule(pl.LightningModule):
         self.class_thresholds.copy_(torch.as_tensor(thresholds, dtype=torch.float32))
 
     def _shared_step(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["image"])
+        logits = self._logits(batch)
         loss = self.criterion(logits, batch["target"])
         return loss, logits
 
+    def _puzzle_step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Puzzle-CAM's loss: the image's, its pieces', and ``map_consistency`` x the L1
+        between their class maps (``hpa.models.map_consistency``); the parts are logged."""
+        tiles = self.hparams.map_consistency_tiles
+        images = self._normalise(batch["image"])
+        pieces = split_tiles(images, tiles).contiguous(memory_format=self._memory_format())
+        features = self.backbone.forward_features(images)
+        image_loss = self.criterion(self.backbone.forward_head(features), batch["target"])
+        puzzle = puzzle_losses(
+            features,
+            self.backbone.forward_features(pieces),
+            self.classifier(),
+            tiles,
+            batch["target"],
+            self.criterion,
+        )
+        self.log(PUZZLE_IMAGE_LOSS, image_loss, on_step=True, on_epoch=True)
+        self.log(PUZZLE_TILE_LOSS, puzzle.tile_loss, on_step=True, on_epoch=True)
+        self.log(PUZZLE_L1, puzzle.consistency, on_step=True, on_epoch=True)
+        return image_loss + puzzle.tile_loss + self.hparams.map_consistency * puzzle.consistency
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._shared_step(batch)
+        _check_training_batch(batch["image"], self.bag_pooling)
+        if self.hparams.map_consistency > 0:
+            loss = self._puzzle_step(batch)
+        else:
+            loss, _ = self._shared_step(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
         self.log(metric_names.TRAIN_LOSS, loss, on_step=True, on_epoch=True, prog_bar=True)
@@ -219,6 +302,8 @@ class HPAModule(pl.LightningModule):
         return rows, probabilities
 
     def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if batch["image"].ndim == 5:  # bags of cell crops: their pooled (image) probabilities
+            return self.probabilities(batch["image"], self._logits(batch))
         return self.probabilities(batch["image"])
 
     def configure_optimizers(self):
@@ -236,6 +321,44 @@ class HPAModule(pl.LightningModule):
                 "monitor": self.hparams.monitor,  # read by ReduceLROnPlateau only
             },
         }
+
+
+def _check_training_options(map_consistency: float, tiles: int, mil_pooling: str) -> None:
+    """HPAInputError for a Puzzle-CAM weight or tile count, or MIL mode, that cannot train."""
+    check_mil_mode(mil_pooling)
+    if map_consistency < 0:
+        raise HPAInputError(
+            f"model.map_consistency={map_consistency}: the L1 weight is 0 (off) or positive"
+        )
+    if map_consistency > 0:
+        check_tile_count(tiles)
+        if mil_pooling != "none":
+            raise HPAInputError(
+                f"model.map_consistency={map_consistency} (whole images) and "
+                f"model.mil_pooling={mil_pooling} (bags of cell crops) train on different "
+                "batches; use one of them"
+            )
+
+
+def _check_training_batch(images: torch.Tensor, bag_pooling: MILPooling | None) -> None:
+    """HPAInputError for training bags (5-D images) without a bag pooling to learn them with."""
+    if images.ndim == 5 and bag_pooling is None:
+        raise HPAInputError(
+            f"the training batch {tuple(images.shape)} holds bags of cell crops; training on "
+            "bags needs model.mil_pooling=max or attention (it is none)"
+        )
+
+
+def _bag_pooling(
+    backbone: torch.nn.Module, name: str, mode: str, attention_dim: int
+) -> MILPooling | None:
+    """The module's bag pooling (None for ``mode="none"``); attention's layers are sized by
+    the backbone's pre-logit features."""
+    if mode == "none":
+        return None
+    if mode == "max":
+        return MILPooling(mode)
+    return MILPooling(mode, check_attention_backbone(backbone, name), attention_dim)
 
 
 def _label_set(labels: Mapping | None, num_classes: int | None) -> LabelSet:

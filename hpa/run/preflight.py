@@ -21,6 +21,7 @@ from hpa.core.errors import HPAInputError
 from hpa.core.labels import build_label_set
 from hpa.data.class_statistics import ClassStatistics
 from hpa.models.backbones import check_backbone_name
+from hpa.models.map_consistency import check_tiles
 from hpa.run import builders
 
 
@@ -28,6 +29,8 @@ def check_run_config(cfg: DictConfig) -> None:
     """HPAInputError naming the first name of ``cfg`` that a run could not build."""
     label_set = build_label_set(builders.plain_config(cfg.get("labels")))
     check_backbone_name(cfg.model.name)
+    if cfg.model.get("map_consistency", 0) > 0:
+        check_tiles(int(cfg.data.image_size), int(cfg.model.get("map_consistency_tiles", 2)))
     # balanced weights need class counts: one image of every class stands in for the split's
     placeholder = ClassStatistics(label_set, np.ones(label_set.num_classes, dtype=np.int64), 2)
     try:
