@@ -16,6 +16,7 @@ from hpa.evaluation.cell_scoring import (
     NEGATIVE_CLASS,
     broadcast_scores,
     cam_scores,
+    crops_scores,
     pooled_cell_evidence,
     score_cells,
 )
@@ -206,7 +207,7 @@ def test_cam_scores_a_higher_cell_map_than_broadcast_where_cells_differ():
 def test_score_cells_dispatches_and_fails_fast_on_bad_names():
     probabilities = image_probabilities()
     maps = class_a_on_the_left()
-    assert set(CELL_METHODS) == {"broadcast", "cam"}
+    assert set(CELL_METHODS) == {"broadcast", "cam", "crops"}
     np.testing.assert_array_equal(
         score_cells("broadcast", probabilities, 2), broadcast_scores(probabilities, 2)
     )
@@ -214,7 +215,7 @@ def test_score_cells_dispatches_and_fails_fast_on_bad_names():
         score_cells("cam", probabilities, 2, cells=TWO_CELLS, class_maps=maps, weight=0.8),
         cam_scores(probabilities, 2, class_maps=maps, cells=TWO_CELLS, weight=0.8),
     )
-    with pytest.raises(HPAInputError, match="'xyz'.*broadcast, cam"):
+    with pytest.raises(HPAInputError, match="'xyz'.*broadcast, cam, crops"):
         score_cells("xyz", probabilities, 2)
     with pytest.raises(HPAInputError, match="cells=cam needs class_maps"):
         score_cells("cam", probabilities, 2, cells=TWO_CELLS)
@@ -222,3 +223,23 @@ def test_score_cells_dispatches_and_fails_fast_on_bad_names():
         score_cells("cam", probabilities, 2, cells=TWO_CELLS, class_maps=maps, wieght=0.3)
     with pytest.raises(HPAInputError, match="holds id 2, but there are 1 cells"):
         score_cells("cam", probabilities, 1, cells=TWO_CELLS, class_maps=maps)
+
+
+def test_crops_scores_each_cell_by_its_own_probabilities_blended_with_the_image():
+    image = image_probabilities()
+    cells = np.zeros((2, NUM_CLASSES))
+    cells[0, CLASS_A] = 0.9
+    cells[1, NEGATIVE_CLASS] = 0.8
+    own = score_cells("crops", image, 2, cell_probabilities=cells)
+    np.testing.assert_allclose(own, cells)
+    np.testing.assert_allclose(
+        crops_scores(image, 2, cell_probabilities=cells, image_weight=1.0), [image, image]
+    )
+    half = crops_scores(image, 2, cell_probabilities=cells, image_weight=0.5)
+    np.testing.assert_allclose(half, 0.5 * cells + 0.5 * image)
+    with pytest.raises(HPAInputError, match="cells=crops needs cell_probabilities"):
+        score_cells("crops", image, 2)
+    with pytest.raises(HPAInputError, match=r"must be \(3, 19\)"):
+        crops_scores(image, 3, cell_probabilities=cells)
+    with pytest.raises(HPAInputError, match="image_weight must be in"):
+        crops_scores(image, 2, cell_probabilities=cells, image_weight=1.5)

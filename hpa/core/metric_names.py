@@ -46,7 +46,8 @@ TEST_F1_MACRO = metric_name(TEST, F1_MACRO)
 TEST_F1_SAMPLES = metric_name(TEST, F1_SAMPLES)
 TEST_CELL_MAP = metric_name(TEST, CELL_MAP)
 """Cell mAP at mask IoU 0.6 (the 2021 competition's score), where cell truth exists."""
-TEST_CELL_MATCH_RATE = metric_name(TEST, "cell_match_rate")
+CELL_MATCH_RATE = "cell_match_rate"
+TEST_CELL_MATCH_RATE = metric_name(TEST, CELL_MATCH_RATE)
 """The share of truth cells that the segmentation matched at mask IoU >= 0.6."""
 TEST_RECALL_MINORITY = metric_name(TEST, "recall_minority")
 """Mean test recall of the label set's minority classes (hpa2018: the seed report's seven),

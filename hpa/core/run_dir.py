@@ -18,7 +18,8 @@ A training run (``python -m hpa.train``) writes::
     RUN/test_per_class.csv      precision, recall, F1, support per class
     RUN/test_cells.csv          the 2021 task: each test cell's scores (ID, cell_id, a column
                                 per class); test_cell_ap.csv: cell AP per class; cells.json: the
-                                cell method and where the masks are
+                                cell method and where the masks are; train_cells.csv and
+                                val_cells.csv with cells.score_splits=[train,val,test]
     RUN/skipped_images.csv      Id,file,problem of samples dropped by data.on_bad_image=skip
     RUN/duplicate_leaks.csv     duplicate pairs per pair of splits, before and after grouping
     RUN/external.csv            root,Id,status,reason of each image of data.external
@@ -337,6 +338,14 @@ class RunDir:
 
     def write_test_cells(self, cells: pd.DataFrame) -> None:
         write_csv(self.path / self.TEST_CELLS, cells)
+
+    def split_cells_path(self, split: str) -> Path:
+        """``{split}_cells.csv``: every cell's scores of one split (test_cells.csv for test;
+        train_cells.csv: the pseudo-labels of a second stage, ``data.crops.pseudo_labels``)."""
+        return self.path / f"{split}_cells.csv"
+
+    def write_split_cells(self, split: str, cells: pd.DataFrame) -> None:
+        write_csv(self.split_cells_path(split), cells)
 
     def write_test_cell_ap(self, table: pd.DataFrame) -> None:
         write_csv(self.path / self.TEST_CELL_AP, table)

@@ -136,6 +136,10 @@ class CellDataModule(HPADataModule):
         """Where the masks of this root's images are cached (``masks_dir_of``)."""
         return masks_dir_of(self.root, self.cells.masks_dir, self.config.cache.cache_dir)
 
+    def image_dataset(self, split: str):
+        """The image-level dataset of ``split``, whose images' cells the cell stage scores."""
+        return self.datasets[split]
+
     def cell_truth(self) -> CellTruth | None:
         """The cell truth of the root, or None when the set has none."""
         folder = self.cells.cell_truth

@@ -282,6 +282,10 @@ class HPADataModule(pl.LightningDataModule):
             frequency_table(self.label_set, self.datasets["train"].labels, weights),
         )
 
+    def collate(self, name: str):
+        """The collate function of split ``name``'s loader (a data module of bags has its own)."""
+        return collate_samples
+
     def _loader(self, name: str, shuffle: bool = False, sampler=None, generator=None) -> DataLoader:
         dataset = self.datasets[name]
         batch_size, num_workers = self.config.loader.batch_size, self.config.loader.num_workers
@@ -290,7 +294,7 @@ class HPADataModule(pl.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             sampler=sampler,
-            collate_fn=collate_samples,
+            collate_fn=self.collate(name),
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -11,16 +11,17 @@ IoU 0.6, ``hpa.evaluation.cell_map``). A cell-scoring method turns one image's i
 - ``cam`` (``cam_scores``): the image probabilities, raised or lowered per cell by where a class
   activation map finds each class (``hpa.models.activation_maps`` makes the maps; any per-class
   evidence maps in logit units will do).
+- ``crops`` (``crops_scores``): each cell's own probabilities from a model of cell crops
+  (hpa.data.cell_crop_datamodule), optionally blended with its image's.
 
 ``score_cells(method, ...)`` dispatches on the name (``CELL_METHODS``), so that a config value
 ``cells=...`` picks the method and an unknown name fails fast (``check_cell_method``).
 
-Adding a method (e.g. ``crops``, a model that classifies each cell's crop): write a function
-``f(image_probabilities, num_cells, *, <its per-image inputs>, <its options with defaults>)``
-that returns (K, C) probabilities in [0, 1], and register it in ``CELL_METHODS`` with the names
-of the per-image inputs it needs. Those inputs are keyword arguments of ``score_cells`` (today
-``cells`` and ``class_maps``; a crop model would add e.g. ``cell_probabilities``, its (K, C)
-output, computed upstream by the models layer: this module imports no model). ``score_cells``
+Adding a method: write a function ``f(image_probabilities, num_cells, *, <its per-image
+inputs>, <its options with defaults>)`` that returns (K, C) probabilities in [0, 1], and
+register it in ``CELL_METHODS`` with the names of the per-image inputs it needs. Those inputs
+are keyword arguments of ``score_cells`` (``cells``, ``class_maps``, ``cell_probabilities``: a
+crop model's (K, C) output, computed upstream: this module imports no model). ``score_cells``
 checks that the needed inputs were given and that every option is one the method takes.
 
 This module is numpy (and cv2 for resizing) only; it knows nothing of torch or the models.
@@ -140,6 +141,36 @@ def cam_scores(
     return np.clip(scores, 0.0, 1.0)
 
 
+def crops_scores(
+    image_probabilities: np.ndarray,
+    num_cells: int,
+    *,
+    cell_probabilities: np.ndarray,
+    image_weight: float = 0.0,
+) -> np.ndarray:
+    """(K, C): ``(1 - image_weight) * cell_probabilities + image_weight * image_probabilities``.
+
+    ``cell_probabilities`` (K, C): row ``k`` the crop model's probabilities of cell ``k + 1``
+    (a cell without a crop: its image's). ``image_probabilities`` (C,): what the model says of
+    the whole image (for a crop model, the largest probability over its cells). At 0, the
+    default, each cell is scored on its own; at 1 every cell gets its image's, as
+    ``broadcast``."""
+    probabilities = _image_probabilities(image_probabilities)
+    num_cells = _num_cells(num_cells)
+    cell_probabilities = np.asarray(cell_probabilities, dtype=np.float64)
+    if cell_probabilities.shape != (num_cells, probabilities.size):
+        raise HPAInputError(
+            f"cell probabilities must be ({num_cells}, {probabilities.size}), got shape "
+            f"{cell_probabilities.shape}"
+        )
+    if not np.isfinite(cell_probabilities).all():
+        raise HPAInputError("cell probabilities must be finite")
+    if not 0.0 <= image_weight <= 1.0:
+        raise HPAInputError(f"crops image_weight must be in [0, 1], got {image_weight}")
+    scores = (1.0 - image_weight) * cell_probabilities + image_weight * probabilities
+    return np.clip(scores, 0.0, 1.0)
+
+
 def pooled_cell_evidence(
     class_maps: np.ndarray,
     cells: np.ndarray,
@@ -226,6 +257,7 @@ class CellMethod(NamedTuple):
 CELL_METHODS: dict[str, CellMethod] = {
     "broadcast": CellMethod(broadcast_scores, ()),
     "cam": CellMethod(cam_scores, ("class_maps", "cells")),
+    "crops": CellMethod(crops_scores, ("cell_probabilities",)),
 }
 """The methods of ``score_cells`` (a config's ``cells=`` value), by name."""
 
@@ -246,18 +278,20 @@ def score_cells(
     *,
     cells: np.ndarray | None = None,
     class_maps: np.ndarray | None = None,
+    cell_probabilities: np.ndarray | None = None,
     **options: object,
 ) -> np.ndarray:
     """(K, C) scores of one image's cells by the method ``method`` (``CELL_METHODS``).
 
     ``image_probabilities`` (C,) and ``num_cells`` K go to every method; ``cells`` (the (H, W)
-    label image) and ``class_maps`` (C, h, w) to the methods that need them; ``options`` are
+    label image), ``class_maps`` (C, h, w) and ``cell_probabilities`` (K, C) to the methods
+    that need them; ``options`` are
     the method's own keyword arguments (``cam_scores``: ``weight``, ``temperature``...).
     HPAInputError for an unknown method, a needed input that is missing, or an option the
     method does not take.
     """
     cell_method = check_cell_options(method, options)
-    given = {"cells": cells, "class_maps": class_maps}
+    given = {"cells": cells, "class_maps": class_maps, "cell_probabilities": cell_probabilities}
     missing = [name for name in cell_method.inputs if given.get(name) is None]
     if missing:
         raise HPAInputError(f"cells={method} needs {', '.join(missing)} for each image")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hpa.core.errors import HPAInputError
 from hpa.core.run_dir import RunDir
@@ -66,6 +66,8 @@ def predict_cells(
 
     trained_in = RunDir.of_checkpoint(paths[0])
     image_size = trained_in.image_size_or(cfg.data.image_size, paths[0], "data.image_size")
+    if stage.needs_crops:
+        stage.use_crops(int(image_size), _run_crop_settings(trained_in))
     sizes = tta_input("none", int(image_size), cfg.data.get("load_size") or trained_in.load_size())
     loader = prediction_loader(cfg, image_dir, ids, sizes.image_size, sizes.load_size)
     expected = {
@@ -94,6 +96,14 @@ def predict_cells(
         stage.method,
     )
     return submission
+
+
+def _run_crop_settings(trained_in: RunDir) -> dict | None:
+    """The ``data.crops`` settings of a crop model's run (None: the defaults)."""
+    if not trained_in.is_run():
+        return None
+    crops = trained_in.data_config().get("crops")
+    return None if crops is None else OmegaConf.to_container(crops, resolve=True)
 
 
 def _check_size(sample_id: str, shape: tuple[int, int], expected: tuple[int, int]) -> None:

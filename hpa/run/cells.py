@@ -35,11 +35,15 @@ from tqdm import tqdm
 from hpa.core import metric_names
 from hpa.core.errors import HPAInputError
 from hpa.core.labels import LabelSet
+from hpa.core.metric_names import TEST
 from hpa.core.run_dir import RunDir
+from hpa.data.cell_crop_datamodule import CropConfig, crops_folder_of
 from hpa.data.cell_datamodule import CellDataModule
 from hpa.data.cells import MaskCache, Segmenter, build_segmenter
+from hpa.data.cells.crops import CropCache
 from hpa.data.cells.truth import CellTruth
 from hpa.data.dataset import collate_samples
+from hpa.data.split import SPLITS
 from hpa.evaluation.cell_map import CellMAP, segmentation_match_rate
 from hpa.evaluation.cell_scoring import check_cell_method, check_cell_options, score_cells
 from hpa.models.activation_maps import activation_maps_and_logits
@@ -63,13 +67,31 @@ class CellStage:
     processes: int = 1
     shard: tuple[int, int] = (0, 1)
     masks: MaskCache | None = None
+    crops: CropCache | None = None
+    splits: tuple[str, ...] = (TEST,)
 
     @property
     def needs_maps(self) -> bool:
         return "class_maps" in check_cell_method(self.method).inputs
 
+    @property
+    def needs_crops(self) -> bool:
+        return "cell_probabilities" in check_cell_method(self.method).inputs
+
     def use_masks_dir(self, masks_dir: Path) -> None:
         self.masks = MaskCache(masks_dir, self.segmenter)
+
+    def use_crops(self, size: int, crops: Mapping | None) -> None:
+        """Cut cells into ``size`` px crops (the ``data.crops`` settings of the run whose model
+        scores them), cached beside the masks; needs ``use_masks_dir`` first."""
+        settings = CropConfig.from_mapping(crops)
+        self.crops = CropCache(
+            crops_folder_of(self.masks.folder),
+            self.masks,
+            size=size,
+            margin=settings.margin,
+            mask_others=settings.mask_others,
+        )
 
     def describe(self) -> dict:
         """What ``cells.json`` records: the method, its options, the segmenter and where the
@@ -92,10 +114,17 @@ def cell_stage_of(
     cells_cfg = plain_config(cells_cfg)
     method = cells_cfg.pop("method", None)
     if method is None:
-        raise HPAInputError("cells.method is not set (cells=broadcast or cells=cam)")
+        raise HPAInputError("cells.method is not set (cells=broadcast, cam or crops)")
+    splits = tuple(cells_cfg.pop("score_splits", None) or (TEST,))
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown or TEST not in splits:
+        raise HPAInputError(
+            f"cells.score_splits={list(splits)}: the splits are {', '.join(SPLITS)}, and test is "
+            "always scored"
+        )
     check_cell_options(method, cells_cfg)
     segmenter = build_segmenter(plain_config(segment_cfg or {"name": "watershed"}))
-    return CellStage(method, segmenter, cells_cfg, processes)
+    return CellStage(method, segmenter, cells_cfg, processes, splits=splits)
 
 
 def run_cell_config(trained_in: RunDir) -> tuple[dict | None, dict | None]:
@@ -145,9 +174,13 @@ def scored_images(
     image_dir: Path,
 ) -> Iterator[ScoredImage]:
     """Every image of ``loader`` (batches with ``image`` and ``index``; rows of ``ids``) with its
-    cells segmented (cached) and scored by the stage's method."""
+    cells segmented (cached) and scored by the stage's method. A crop model (``cells=crops``)
+    reads each image's cell crops instead of the loader's images."""
     ids = [str(sample_id) for sample_id in ids]
     stage.masks.ensure_masks(image_dir, ids, processes=stage.processes, shard=stage.shard)
+    if stage.needs_crops:
+        yield from _scored_by_crops(stage, module, ids, image_dir, loader.batch_size or 64)
+        return
     device = next(module.parameters()).device
     for batch in tqdm(loader, "scoring cells", unit="batch"):
         images = batch["image"].to(device)
@@ -174,23 +207,85 @@ def scored_images(
             yield ScoredImage(sample_id, cells, scores)
 
 
+def _scored_by_crops(
+    stage: CellStage, module: HPAModule, ids: list[str], image_dir: Path, batch_size: int
+) -> Iterator[ScoredImage]:
+    """Every image of ``ids`` with its cells scored by the crop model on each cell's crop; the
+    image's own probabilities are the largest over its cells."""
+    if stage.crops is None:
+        raise HPAInputError("cells=crops needs the crops of the run's model (CellStage.use_crops)")
+    stage.crops.ensure(image_dir, ids, processes=stage.processes)
+    num_classes = module.label_set.num_classes
+    for sample_id in tqdm(ids, "scoring cell crops", unit="image"):
+        cells = stage.masks.load(sample_id)
+        cell_ids, crops = stage.crops.load(sample_id)
+        crop_probabilities = cell_crop_probabilities(module, crops, batch_size)
+        image_probabilities = (
+            crop_probabilities.max(axis=0) if len(cell_ids) else np.zeros(num_classes)
+        )
+        num_cells = int(cells.max())
+        cell_probabilities = np.tile(image_probabilities, (num_cells, 1))
+        cell_probabilities[np.asarray(cell_ids, dtype=np.int64) - 1] = crop_probabilities
+        scores = score_cells(
+            stage.method,
+            image_probabilities,
+            num_cells,
+            cell_probabilities=cell_probabilities,
+            **stage.options,
+        )
+        yield ScoredImage(sample_id, cells, scores)
+
+
+def cell_crop_probabilities(module: HPAModule, crops: np.ndarray, batch_size: int) -> np.ndarray:
+    """(K, C) class probabilities of K uint8 crops (K, s, s, 4), in batches, in eval mode."""
+    device = next(module.parameters()).device
+    module.eval()
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(crops), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(crops[start : start + batch_size]))
+            logits = module(batch.permute(0, 3, 1, 2).to(device))
+            rows.append(torch.sigmoid(logits.float()).cpu().numpy())
+    if not rows:
+        return np.zeros((0, module.label_set.num_classes))
+    return np.concatenate(rows).astype(np.float64)
+
+
 def score_test_cells(
     stage: CellStage,
     module: HPAModule,
     datamodule: CellDataModule,
     run_dir: RunDir,
 ) -> dict[str, float]:
-    """Score the cells of the test split (see the module docstring); returns the cell metrics
-    (empty without cell truth) and writes the cell files into ``run_dir``."""
+    """Score the cells of each split of ``stage.splits`` (test by default); returns their cell
+    metrics (none without cell truth). See ``score_split_cells``."""
+    scores: dict[str, float] = {}
+    for split in stage.splits:
+        scores.update(score_split_cells(stage, module, datamodule, run_dir, split))
+    return scores
+
+
+def score_split_cells(
+    stage: CellStage,
+    module: HPAModule,
+    datamodule: CellDataModule,
+    run_dir: RunDir,
+    split: str = TEST,
+) -> dict[str, float]:
+    """Score the cells of one split's images (see the module docstring); returns the split's
+    cell metrics (``{split}/cell_map``..., empty without cell truth) and writes
+    ``{split}_cells.csv`` (and, for test, ``test_cell_ap.csv`` and ``cells.json``)."""
     stage.use_masks_dir(datamodule.masks_dir())
-    dataset = datamodule.datasets["test"]
-    loader = DataLoader(dataset, batch_size=datamodule.batch_size, collate_fn=collate_samples)
+    if stage.needs_crops:
+        stage.crops = _crops_of(datamodule)
+    image_set = datamodule.image_dataset(split)
+    loader = DataLoader(image_set, batch_size=datamodule.batch_size, collate_fn=collate_samples)
     truth = datamodule.cell_truth()
     label_set = module.label_set
     metric = CellMAP(num_classes=label_set.num_classes, iou_threshold=CELL_MAP_IOU)
     matched = total = 0
     rows = []
-    for image in scored_images(stage, module, loader, dataset.ids, datamodule.root / "train"):
+    for image in scored_images(stage, module, loader, image_set.ids, datamodule.root / "train"):
         rows.append(_cell_rows(label_set, image))
         if truth is None or not truth.has(image.sample_id):
             continue
@@ -198,12 +293,24 @@ def score_test_cells(
         metric.add_image(image.sample_id, truth_cells, truth_classes, image.cells, image.scores)
         found, cells = segmentation_match_rate(truth_cells, image.cells, iou=CELL_MAP_IOU)
         matched, total = matched + found, total + cells
-    run_dir.write_test_cells(_cells_frame(label_set, rows))
-    run_dir.write_cells_info({**stage.describe(), "image_dir": str(datamodule.root / "train")})
+    run_dir.write_split_cells(split, _cells_frame(label_set, rows))
+    if split == TEST:
+        run_dir.write_cells_info({**stage.describe(), "image_dir": str(datamodule.root / "train")})
     if truth is None or not total:
-        log.info("no cell truth for the test images: cell mAP not scored")
+        log.info("no cell truth for the %s images: cell mAP not scored", split)
         return {}
-    return _write_cell_metrics(run_dir, label_set, metric.compute(), matched, total)
+    return _write_cell_metrics(run_dir, label_set, metric.compute(), matched, total, split)
+
+
+def _crops_of(datamodule: CellDataModule) -> CropCache:
+    crops = getattr(datamodule, "crop_cache", None)
+    if crops is None:
+        raise HPAInputError(
+            "cells=crops scores cells with a model of cell crops: train it with cells=crops "
+            "(its data module cuts the crops); an image model scores cells with cells=broadcast "
+            "or cells=cam"
+        )
+    return crops
 
 
 def _truth_of(truth: CellTruth, image: ScoredImage) -> tuple[np.ndarray, dict]:
@@ -231,7 +338,7 @@ def _cells_frame(label_set: LabelSet, rows: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _write_cell_metrics(
-    run_dir: RunDir, label_set: LabelSet, scores: dict, matched: int, total: int
+    run_dir: RunDir, label_set: LabelSet, scores: dict, matched: int, total: int, split: str
 ) -> dict[str, float]:
     ap = np.asarray(scores["ap"], dtype=np.float64)
     table = pd.DataFrame(
@@ -243,19 +350,22 @@ def _write_cell_metrics(
             "predictions": scores["predictions"],
         }
     )
-    run_dir.write_test_cell_ap(table)
+    if split == TEST:
+        run_dir.write_test_cell_ap(table)
+    map_name = metric_names.metric_name(split, metric_names.CELL_MAP)
     cell_metrics = {
-        metric_names.TEST_CELL_MAP: float(scores["map"]),
-        metric_names.TEST_CELL_MATCH_RATE: matched / total,
+        map_name: float(scores["map"]),
+        metric_names.metric_name(split, metric_names.CELL_MATCH_RATE): matched / total,
     }
     for class_id in label_set.class_ids:
         if np.isfinite(ap[class_id]):
-            name = metric_names.per_class_ap_name(metric_names.TEST, label_set, class_id)
+            name = metric_names.per_class_ap_name(split, label_set, class_id)
             cell_metrics[name] = float(ap[class_id])
     log.info(
-        "cell mAP@%.1f %.4f over %d images; segmentation matched %d of %d truth cells (%.1f%%)",
+        "%s cell mAP@%.1f %.4f over %d images; segmentation matched %d of %d truth cells (%.1f%%)",
+        split,
         CELL_MAP_IOU,
-        cell_metrics[metric_names.TEST_CELL_MAP],
+        cell_metrics[map_name],
         scores["images"],
         matched,
         total,
