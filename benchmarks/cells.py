@@ -1,17 +1,32 @@
-"""Cell-scoring methods side by side on the synthetic 2021 cell sets, over seeds.
+"""Cell-scoring methods side by side on two synthetic 2021 cell sets from different generators,
+over seeds: the method is chosen on validation cells, the table reports test cells.
 
-For each seed, one single-cell run (``experiment=single_cell`` with ``seed=S`` and a synthetic
-set drawn with the same seed) trains the image model; its best checkpoint is then evaluated by
-``hpa-eval`` once per method (``cells=broadcast``, ``cells=cam``), so that the methods differ
-only in how they score cells. The table gives the test cell mAP at mask IoU 0.6 and the share
-of truth cells the segmentation matched, mean ± sd over the seeds.
+Generators: ``project`` (hpa.data.synthetic.cells, the embedded default of
+``experiment=single_cell``) and ``alt`` (benchmarks/alt_cells.py, written apart from it with
+other cell shapes and patterns: the held-out generator). For each generator and seed, from one
+data set of ``--images`` training images:
 
-    python -m benchmarks.cells                               # seeds 0,1,2 (about 25 min, 2 cores)
-    python -m benchmarks.cells --seeds 0 --images 120 --epochs 1   # a smoke run
+- ``broadcast``: an image model (``experiment=single_cell``), every cell its image's scores;
+- ``cam``: the same checkpoint, cells scored by its class activation maps (``hpa-eval
+  cells=cam``);
+- ``crops``: a cell-crop model (``cells=crops``), each cell scored on its own crop;
+- ``ensemble``: the weighted mean of the three per cell, weights chosen on validation cells
+  (``hpa-ensemble-cells``);
+- with ``--more``: ``cam_puzzle`` (an image model trained with ``model.map_consistency=1``,
+  scored by cam), ``crops_mil`` (bags of 8 cells, ``model.mil_pooling=attention``) and
+  ``crops_pseudo`` (a second crop model trained on the crop model's train-cell scores, started
+  from its weights).
 
-Runs go to ``--root`` (default logs/cells), one folder per seed and method; finished ones are
-not run again. Synthetic scores show how the methods differ on the synthetic cells; they
-predict nothing about real data.
+Every run scores its validation and test cells; the table gives both (cell mAP at mask IoU 0.6,
+mean ± sd over seeds) and the share of truth cells the segmentation matched. Choose a method on
+the validation column; the test column is the report.
+
+    python -m benchmarks.cells                                   # both generators, seeds 0,1,2
+    python -m benchmarks.cells --generators alt --seeds 0 --images 120 --epochs 1   # a smoke run
+
+Runs go to ``--root`` (default logs/cells), one folder per generator, budget, seed and method;
+finished ones are not run again. Synthetic scores show how the methods differ on synthetic
+cells; they predict nothing about real data.
 """
 
 from __future__ import annotations
@@ -24,13 +39,15 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.alt_cells import ensure_alt_cell_set
 from benchmarks.common import REPO
-from hpa.core.metric_names import TEST_CELL_MAP, TEST_CELL_MATCH_RATE, TEST_F1_MACRO
 from hpa.core.run_dir import RunDir
 
 log = logging.getLogger("benchmarks.cells")
 
-METHODS = ("broadcast", "cam")
+CORE_METHODS = ("broadcast", "cam", "crops", "ensemble")
+MORE_METHODS = ("cam_puzzle", "crops_mil", "crops_pseudo")
+SCORED = "cells.score_splits=[val,test]"
 
 
 def run(arguments: list[str]) -> None:
@@ -41,72 +58,107 @@ def run(arguments: list[str]) -> None:
         raise SystemExit(f"failed ({result.returncode}): {' '.join(line)}\n{result.stderr[-3000:]}")
 
 
-def train(root: Path, seed: int, overrides: list[str]) -> RunDir:
-    run_dir = RunDir(root / f"seed{seed}" / "train")
-    if not run_dir.is_finished():
-        run(
-            [
-                "hpa.train",
-                "experiment=single_cell",
-                f"seed={seed}",
-                f"data.synthetic_cells.seed={seed}",
-                f"hydra.run.dir={run_dir}",
-                f"paths.root_dir={REPO}",
-                "report=false",
-                *overrides,
-            ]
-        )
-    return run_dir
+class SeedRuns:
+    """The runs of one generator, budget and seed under ``folder``."""
+
+    def __init__(self, folder: Path, data: list[str], seed: int, overrides: list[str]) -> None:
+        self.folder = folder
+        self.common = [f"seed={seed}", *data, f"paths.root_dir={REPO}", "report=false", *overrides]
+
+    def train(self, name: str, *overrides: str) -> RunDir:
+        run_dir = RunDir(self.folder / name)
+        if not run_dir.is_finished():
+            line = ["hpa.train", "experiment=single_cell", *self.common, *overrides]
+            run([*line, f"hydra.run.dir={run_dir}"])
+        return run_dir
+
+    def evaluate(self, name: str, trained: RunDir, *overrides: str) -> RunDir:
+        run_dir = RunDir(self.folder / name)
+        if not run_dir.is_finished():
+            checkpoint = f"ckpt_path={trained.best_checkpoint}"
+            run(["hpa.eval", checkpoint, *overrides, f"hydra.run.dir={run_dir}", f"paths.root_dir={REPO}"])
+        return run_dir
+
+    def ensemble(self, name: str, members: list[RunDir]) -> RunDir:
+        run_dir = RunDir(self.folder / name)
+        if not run_dir.is_finished():
+            listed = ",".join(str(member.path) for member in members)
+            run(["hpa.ensemble_cells", f"members=[{listed}]", f"hydra.run.dir={run_dir}"])
+        return run_dir
 
 
-def evaluate(root: Path, seed: int, trained: RunDir, method: str) -> dict[str, float]:
-    run_dir = RunDir(root / f"seed{seed}" / method)
-    if not run_dir.is_finished():
-        run(
-            [
-                "hpa.eval",
-                f"ckpt_path={trained.best_checkpoint}",
-                f"cells={method}",
-                f"hydra.run.dir={run_dir}",
-                f"paths.root_dir={REPO}",
-            ]
+def method_runs(runs: SeedRuns, more: bool) -> dict[str, RunDir]:
+    """Each method's run (its metrics hold val/cell_map and test/cell_map)."""
+    image = runs.train("broadcast", "cells=broadcast", SCORED)
+    cam = runs.evaluate("cam", image, "cells=cam", SCORED)
+    crops = runs.train("crops", "cells=crops", "cells.score_splits=[train,val,test]")
+    result = {
+        "broadcast": image,
+        "cam": cam,
+        "crops": crops,
+        "ensemble": runs.ensemble("ensemble", [image, cam, crops]),
+    }
+    if more:
+        puzzle = runs.train("puzzle", "cells=cam", "model.map_consistency=1.0", SCORED)
+        result["cam_puzzle"] = puzzle
+        result["crops_mil"] = runs.train(
+            "crops_mil", "cells=crops", "data.crops.bag_size=8", "model.mil_pooling=attention", SCORED
         )
-    return run_dir.metrics()
+        result["crops_pseudo"] = runs.train(
+            "crops_pseudo",
+            "cells=crops",
+            f"data.crops.pseudo_labels={crops.split_cells_path('train')}",
+            f"model.init_from={crops.best_checkpoint}",
+            SCORED,
+        )
+    return result
+
+
+def data_overrides(generator: str, images: int, seed: int) -> list[str]:
+    if generator == "project":
+        return [f"data.synthetic_cells.seed={seed}", f"data.synthetic_cells.num_train={images}"]
+    root = ensure_alt_cell_set(REPO / "data" / f"alt-cells-n{images}-seed{seed}", num_train=images, seed=seed)
+    # the project set's image size and batch (conf/data/synthetic_cells.yaml) on the 2021 layout
+    return ["data=hpa2021", f"data.root={root}", "data.image_size=128", "data.batch_size=32"]
+
+
+def summary(values: list[float]) -> str:
+    array = np.asarray(values, dtype=np.float64)
+    spread = array.std(ddof=1) if len(array) > 1 else 0.0
+    return f"{array.mean():.3f} ± {spread:.3f}"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=REPO / "logs" / "cells")
+    parser.add_argument("--generators", default="project,alt")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--images", type=int, default=None, help="data.synthetic_cells.num_train")
+    parser.add_argument("--images", type=int, default=600, help="training images of each set")
     parser.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs")
+    parser.add_argument("--more", action="store_true", help="also cam_puzzle, crops_mil, crops_pseudo")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    overrides = []
-    if args.images:
-        overrides.append(f"data.synthetic_cells.num_train={args.images}")
-    if args.epochs:
-        overrides.append(f"trainer.max_epochs={args.epochs}")
+    overrides = [f"trainer.max_epochs={args.epochs}"] if args.epochs else []
+    budget = f"n{args.images}" + (f"-e{args.epochs}" if args.epochs else "")
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    scores = {method: [] for method in METHODS}
-    for seed in seeds:
-        trained = train(args.root, seed, overrides)
-        for method in METHODS:
-            scores[method].append(evaluate(args.root, seed, trained, method))
-
-    print(f"\ncell scoring on the synthetic 2021 cell sets, seeds {args.seeds}, mean ± sd")
-    print(f"{'method':<12}{'cell mAP@0.6':>18}{'cells matched':>18}{'image macro F1':>18}")
-    for method in METHODS:
-        row = [method]
-        for name in (TEST_CELL_MAP, TEST_CELL_MATCH_RATE, TEST_F1_MACRO):
-            values = np.array([metrics[name] for metrics in scores[method]])
-            spread = values.std(ddof=1) if len(values) > 1 else 0.0
-            row.append(f"{values.mean():.3f} ± {spread:.3f}")
-        print(f"{row[0]:<12}{row[1]:>18}{row[2]:>18}{row[3]:>18}")
-    cam = np.array([metrics[TEST_CELL_MAP] for metrics in scores["cam"]])
-    broadcast = np.array([metrics[TEST_CELL_MAP] for metrics in scores["broadcast"]])
-    print(f"cam - broadcast, per seed: {np.round(cam - broadcast, 3).tolist()}")
+    methods = CORE_METHODS + (MORE_METHODS if args.more else ())
+    for generator in args.generators.split(","):
+        metrics: dict[str, list[dict]] = {method: [] for method in methods}
+        for seed in seeds:
+            folder = args.root / generator / budget / f"seed{seed}"
+            runs = SeedRuns(folder, data_overrides(generator, args.images, seed), seed, overrides)
+            for method, run_dir in method_runs(runs, args.more).items():
+                metrics[method].append(run_dir.metrics())
+        print(f"\n{generator} generator, {args.images} training images, seeds {args.seeds}: cell mAP@0.6, mean ± sd")
+        print(f"{'method':<14}{'validation':>16}{'test':>16}{'cells matched':>16}")
+        for method in methods:
+            val = summary([m["val/cell_map"] for m in metrics[method]])
+            test = summary([m["test/cell_map"] for m in metrics[method]])
+            matched = [m["test/cell_match_rate"] for m in metrics[method] if "test/cell_match_rate" in m]
+            print(f"{method:<14}{val:>16}{test:>16}{summary(matched) if matched else '-':>16}")
+        chosen = max(methods, key=lambda method: np.mean([m["val/cell_map"] for m in metrics[method]]))
+        print(f"chosen on validation: {chosen}")
 
 
 if __name__ == "__main__":
