@@ -28,17 +28,15 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
 from hpa.core.errors import HPAInputError
 from hpa.core.io import write_atomic, write_json
+from hpa.data.cells.image_pool import for_each_image
 from hpa.data.cells.mask_cache import MaskCache
 from hpa.data.reader import read_sample
 
@@ -242,35 +240,8 @@ class CropCache:
         )
         if not missing:
             return []
-        workers = max(1, min(processes, len(missing)))
-        with tqdm(total=len(missing), desc="cropping cells", unit="img") as progress:
-            if workers == 1:
-                for sample_id in missing:
-                    _crop_and_store(self, str(image_dir), sample_id)
-                    progress.update()
-            else:
-                self._crop_in_pool(str(image_dir), missing, workers, progress)
+        for_each_image(_crop_and_store, self, str(image_dir), missing, processes, "cropping cells")
         return missing
-
-    def _crop_in_pool(self, image_dir: str, ids: list[str], workers: int, progress: tqdm) -> None:
-        # as MaskCache: a fork server, not fork (a child forked after OpenCV started its thread
-        # pool can hang), workers with one OpenCV thread each
-        context = get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(self,)
-        ) as pool:
-            futures: list[Future] = [
-                pool.submit(_crop_in_worker, image_dir, sample_id) for sample_id in ids
-            ]
-            try:
-                for future in as_completed(futures):
-                    future.result()
-                    progress.update()
-            except BaseException:
-                for future in futures:  # stop queued images; those being cropped finish
-                    future.cancel()
-                raise
 
     def _description(self) -> dict:
         return {
@@ -416,18 +387,3 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
             np.save(file, array, allow_pickle=False)
 
     write_atomic(path, save)
-
-
-_worker_cache: CropCache | None = None
-"""The cache a pool worker crops into, unpickled once per process."""
-
-
-def _init_worker(cache: CropCache) -> None:
-    global _worker_cache
-    cv2.setNumThreads(1)
-    _worker_cache = cache
-
-
-def _crop_in_worker(image_dir: str, sample_id: str) -> None:
-    assert _worker_cache is not None, "the pool's initializer sets the cache"
-    _crop_and_store(_worker_cache, image_dir, sample_id)

@@ -18,19 +18,16 @@ one set between the jobs of a cluster array writing into the same folder.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from hpa.core.errors import HPAInputError
 from hpa.core.io import write_bytes, write_json
 from hpa.data.cells.base import Segmenter
+from hpa.data.cells.image_pool import for_each_image
 
 log = logging.getLogger(__name__)
 
@@ -89,40 +86,10 @@ class MaskCache:
         )
         if not missing:
             return []
-        workers = max(1, min(processes, len(missing)))
-        progress = tqdm(total=len(missing), desc=f"segmenting ({self.segmenter.name})", unit="img")
-        with progress:
-            if workers == 1:
-                for sample_id in missing:
-                    _segment_and_store(self.segmenter, str(image_dir), self.path(sample_id))
-                    progress.update()
-            else:
-                self._segment_in_pool(image_dir, missing, workers, progress)
+        description = f"segmenting ({self.segmenter.name})"
+        for_each_image(_segment_and_store, self, str(image_dir), missing, processes, description)
         log.info("cell masks in %s: segmented %d images", self.folder, len(missing))
         return missing
-
-    def _segment_in_pool(
-        self, image_dir: str | Path, ids: list[str], workers: int, progress: tqdm
-    ) -> None:
-        # Not fork: a child forked after OpenCV or torch started their thread pools can hang.
-        # A fork server imports this module once and forks clean workers from it.
-        context = get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(self.segmenter,)
-        ) as pool:
-            futures: list[Future] = [
-                pool.submit(_segment_in_worker, str(image_dir), self.path(i)) for i in ids
-            ]
-            try:
-                for future in as_completed(futures):
-                    future.result()
-                    progress.update()
-            except BaseException:
-                # stop queued images; those being segmented finish and are kept
-                for future in futures:
-                    future.cancel()
-                raise
 
     def _description(self) -> dict:
         return {"name": self.segmenter.name, "settings": self.segmenter.settings()}
@@ -149,24 +116,6 @@ def write_mask(path: Path, labels: np.ndarray) -> None:
     write_bytes(path, encoded.tobytes())
 
 
-def _segment_and_store(segmenter: Segmenter, image_dir: str, path: Path) -> None:
-    """Segment one sample (its id is the mask file's stem) and write its mask."""
-    write_mask(path, segmenter.segment_sample(image_dir, path.stem))
-
-
-_worker_segmenter: Segmenter | None = None
-"""The segmenter of a pool worker, unpickled once per process: a network-backed provider loads
-its weights on its first image and keeps them for the next."""
-
-
-def _init_worker(segmenter: Segmenter) -> None:
-    """One worker per core: OpenCV's and a later-imported torch's own threads would compete."""
-    global _worker_segmenter
-    cv2.setNumThreads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _worker_segmenter = segmenter
-
-
-def _segment_in_worker(image_dir: str, path: Path) -> None:
-    assert _worker_segmenter is not None, "the pool's initializer sets the segmenter"
-    _segment_and_store(_worker_segmenter, image_dir, path)
+def _segment_and_store(cache: MaskCache, image_dir: str, sample_id: str) -> None:
+    """Segment one sample and write its mask (in this process or a pool worker)."""
+    write_mask(cache.path(sample_id), cache.segmenter.segment_sample(image_dir, sample_id))
