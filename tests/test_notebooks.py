@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from shared_data import hpa2018_dir, skip_reason
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -40,18 +40,14 @@ def test_notebooks_are_committed_without_outputs(name: str):
             assert cell.outputs == [] and cell.execution_count is None
 
 
-def shared_dir() -> Path:
-    """Where the notebooks look for ../shared: $HPA_SHARED, <repo>/../shared, /work/shared."""
-    if os.environ.get("HPA_SHARED"):
-        return Path(os.environ["HPA_SHARED"])
-    beside = NOTEBOOKS.parents[1] / "shared"
-    return beside if beside.is_dir() else Path("/work/shared")
-
-
 @pytest.mark.slow
 def test_explore_data_runs():
-    if not (shared_dir() / "data" / "hpa2018" / "train.csv").is_file():
-        pytest.skip(f"the real train.csv is not under {shared_dir()}")
+    # the notebook reads the real train.csv and shows the real PNGs, from where the tests look
+    if (
+        not (hpa2018_dir() / "train.csv").is_file()
+        or not (hpa2018_dir() / "real_channels").is_dir()
+    ):
+        pytest.skip(skip_reason("train.csv and PNGs"))
     notebook = execute("01_explore_data.ipynb")
     # class counts, labels per image, co-occurrence, synthetic, real channels, composite, sampler
     assert len(outputs(notebook, "image/png")) >= 7

@@ -7,6 +7,7 @@ import pytest
 import torch
 from cli import CONF_DIR
 from omegaconf import OmegaConf
+from shared_data import KaggleTrainLabels
 from torch.utils.data import DataLoader
 
 from hpa.core.errors import HPAInputError
@@ -27,8 +28,15 @@ MINORITY = list(HPA2018.minority_classes)
 
 
 @pytest.fixture(scope="module")
-def labels(real_train_labels: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    return real_train_labels[1]
+def labels(kaggle_train_labels: KaggleTrainLabels) -> np.ndarray:
+    """The real train.csv's labels, or without ../shared labels drawn with its class counts."""
+    return kaggle_train_labels.labels
+
+
+@pytest.fixture(scope="module")
+def real(kaggle_train_labels: KaggleTrainLabels) -> bool:
+    """Whether the labels are the real train.csv's (exact real numbers are checked on those)."""
+    return kaggle_train_labels.real
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +93,11 @@ def test_image_weight_is_the_max_of_its_class_weights(labels: np.ndarray) -> Non
     assert image_weights(unlabelled_and_mixed, weights_of_classes).tolist() == expected_weights
 
 
-def test_uniform_weights_give_the_plain_epoch_frequency(labels: np.ndarray) -> None:
+def test_uniform_weights_give_the_plain_epoch_frequency(labels: np.ndarray, real: bool) -> None:
     frequency = expected_class_frequency(labels, np.ones(len(labels)))
-    np.testing.assert_allclose(frequency, np.asarray(KAGGLE_CLASS_COUNTS) / len(labels))
+    np.testing.assert_allclose(frequency, labels.sum(axis=0) / len(labels))
+    if real:
+        np.testing.assert_allclose(frequency, np.asarray(KAGGLE_CLASS_COUNTS) / len(labels))
 
 
 def test_default_oversampling_raises_minority_frequency(
@@ -154,18 +164,21 @@ def test_sampler_refuses_bad_weights(weights: list[float]) -> None:
 
 
 def test_frequency_table_reports_before_and_after(
-    labels: np.ndarray, default_weights: np.ndarray
+    labels: np.ndarray, default_weights: np.ndarray, real: bool
 ) -> None:
     rows = frequency_rows(HPA2018, labels, default_weights)
     assert [row.name for row in rows] == list(HPA2018.class_names)
-    assert rows[27].num_images == 11
+    rods_and_rings = int(labels[:, 27].sum())
+    assert rows[27].num_images == rods_and_rings
     assert rows[27].weighted / rows[27].uniform == pytest.approx(
-        expected_class_frequency(labels, default_weights)[27] / (11 / len(labels))
+        expected_class_frequency(labels, default_weights)[27] / (rods_and_rings / len(labels))
     )
     table = frequency_table(HPA2018, labels, default_weights)
     lines = table.splitlines()
     assert len(lines) == NUM_CLASSES + 1
-    assert "Rods & rings" in lines[28] and "0.04%" in lines[28]
+    assert "Rods & rings" in lines[28] and f"{rods_and_rings / len(labels):.2%}" in lines[28]
+    if real:
+        assert rods_and_rings == 11 and "0.04%" in lines[28]
 
 
 def test_repeat_draws_keep_every_image_and_repeat_each_about_its_weight() -> None:
@@ -203,8 +216,14 @@ def test_repeat_draws_hold_the_minority_share_without_losing_images(
     assert minority_share == pytest.approx(expected, rel=0.15)  # summed over co-labelled classes
 
 
-def test_tuned_recipe_lifts_every_class_rarer_than_a_thousand_images(labels: np.ndarray) -> None:
-    """The tuned recipe's sampler (inverse frequency, power 0.25), as docs/data.md states it."""
+def test_tuned_recipe_lifts_every_class_rarer_than_a_thousand_images(
+    labels: np.ndarray, real: bool
+) -> None:
+    """The tuned recipe's sampler (inverse frequency, power 0.25), as docs/data.md states it.
+
+    The drawn stand-in for train.csv has the real class frequencies but not the real
+    co-occurrences, which move how much Nucleoplasm gives, the epoch length and the minority
+    share: their real values (docs/data.md) are checked on the real file only."""
     recipe = OmegaConf.load(CONF_DIR / "experiment" / "tuned_recipe.yaml")
     sampler = recipe.data.sampler
     assert recipe.data.oversample and sampler.strategy == "inverse_frequency"
@@ -215,11 +234,15 @@ def test_tuned_recipe_lifts_every_class_rarer_than_a_thousand_images(labels: np.
     factor = expected_class_frequency(labels, weights) / labels.mean(axis=0)
     assert (factor[counts < 1000] > 1.25).all(), factor[counts < 1000]
     assert 1.75 < factor[MINORITY].min() and factor[MINORITY].max() < 3.8  # boost 8: ~7.2
-    assert 0.9 < factor[np.argmax(counts)] < 1.0  # Nucleoplasm gives a little
+    assert (0.9 if real else 0.85) < factor[np.argmax(counts)] < 1.0  # Nucleoplasm gives a little
     epoch = OversamplingSampler(weights, seed=0, draws=sampler.draws)
-    assert len(epoch) / len(labels) == pytest.approx(1.57, abs=0.01)
     minority_share = weights[labels[:, MINORITY].any(axis=1)].sum() / weights.sum()
-    assert minority_share == pytest.approx(0.034, abs=0.001)  # of the draws
+    assert len(epoch) == pytest.approx(weights.sum() / weights.min(), abs=1)
+    assert 1.4 < len(epoch) / len(labels) < 1.7
+    assert minority_share > 1.75 * labels[:, MINORITY].any(axis=1).mean()  # of the draws
+    if real:
+        assert len(epoch) / len(labels) == pytest.approx(1.57, abs=0.01)
+        assert minority_share == pytest.approx(0.034, abs=0.001)
 
 
 def test_sampler_refuses_unknown_draws_and_a_length_for_repeat_draws() -> None:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import KaggleTrainLabels
 
 from hpa.core.errors import HPAInputError
 from hpa.data.split import SPLITS, kfold_split, load_split, save_split, train_val_test_split
@@ -13,13 +14,14 @@ NUM_FOLDS = 5
 
 
 @pytest.fixture(scope="module")
-def labels(real_train_labels: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    return real_train_labels[1]
+def labels(kaggle_train_labels: KaggleTrainLabels) -> np.ndarray:
+    """The real train.csv's labels, or without ../shared labels drawn with its class counts."""
+    return kaggle_train_labels.labels
 
 
 @pytest.fixture(scope="module")
-def ids(real_train_labels: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    return real_train_labels[0]
+def ids(kaggle_train_labels: KaggleTrainLabels) -> np.ndarray:
+    return kaggle_train_labels.ids
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def test_class_shares_are_close_to_70_15_15(
     assert worst_common < 0.02, (
         f"worst deviation over classes with >= 100 images: {worst_common:.4f}"
     )
-    # The rarest class has 11 images: 2 of 11 in val is 18 % instead of 15 %, 7 of 11 is 64 %.
+    # The rarest class has 11 real images: 2 of 11 in val is 18 % instead of 15 %, 7 of 11 is 64 %.
     assert worst_any < 0.10, f"worst deviation over all classes: {worst_any:.4f}"
 
 
@@ -221,7 +223,7 @@ NUM_GROUPED_ROWS = 6000
 
 @pytest.fixture(scope="module")
 def planted_groups() -> np.ndarray:
-    """A group label per row of the first NUM_GROUPED_ROWS real rows: 600 pairs and 200
+    """A group label per row of the first NUM_GROUPED_ROWS rows of train.csv: 600 pairs and 200
     triples of random rows (like duplicate groups, which have unrelated rows' labels), the rest
     on their own."""
     rng = np.random.default_rng(0)
