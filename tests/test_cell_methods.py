@@ -38,7 +38,7 @@ TINY_CELL_SET = (
     "trainer.max_epochs=1",
     "report=false",
 )
-CROPS = ("cells=crops", "data.image_size=32")
+CROPS = ("cells=crops", "data.crops.size=32")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_a_crop_model_scores_each_cell_on_its_own_crop(crops_run: RunDir) -> Non
     for split in ("val", "test"):
         assert 0.0 <= metrics[f"{split}/cell_map"] <= 1.0
     assert crops_run.cells_info()["method"] == "crops"
-    assert crops_run.config().data.image_size == 32
+    assert crops_run.config().data.crops.size == 32
     train_cells = pd.read_csv(crops_run.split_cells_path("train"), dtype={"ID": str})
     assert list(train_cells.columns) == ["ID", "cell_id", *HPA2021.class_names]
     split = pd.read_csv(crops_run.split_file, dtype=str)

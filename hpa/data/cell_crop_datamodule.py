@@ -4,7 +4,9 @@ image-level labels.
 The image-level steps are ``CellDataModule``'s (the table, the split by image, the synthetic
 set); each split's images are then segmented (the run's ``segment=``, masks cached) and cut into
 crops centred on each cell, the other cells masked out, cached once per crop and segmenter
-settings (hpa.data.cells.crops). The crops are ``data.image_size`` px: the crop model's input.
+settings (hpa.data.cells.crops). The crops are ``data.crops.size`` px, the crop model's input
+(``image_size`` of this module); ``data.image_size`` is the size of the whole images, which
+only the image-level steps read.
 
 - train: one item per cell with its image's labels (weak labels), or its soft pseudo-label
   from a first run (``crops.pseudo_labels``: a cells csv such as a run's ``train_cells.csv``);
@@ -52,6 +54,7 @@ CROPS_FOLDER = "cell_crops"
 class CropConfig:
     """The ``data.crops`` node (conf/cells/crops.yaml documents each key)."""
 
+    size: int = 64
     margin: float = 0.1
     mask_others: bool = True
     bag_size: int = 0
@@ -60,6 +63,8 @@ class CropConfig:
     segment: Mapping = field(default_factory=lambda: {"name": "watershed"})
 
     def __post_init__(self) -> None:
+        if self.size < 8:
+            raise HPAInputError(f"data.crops.size must be at least 8 px: {self.size}")
         if self.bag_size < 0:
             raise HPAInputError(
                 f"data.crops.bag_size must be >= 0 (0: single crops): {self.bag_size}"
@@ -166,6 +171,11 @@ class CellCropDataModule(CellDataModule):
         self.channel_mean, self.channel_std = channel_statistics(
             self.config.normalize, single_crops, self.config.split.seed
         )
+
+    @property
+    def image_size(self) -> int:
+        """The crops' side (``data.crops.size``): the model's input."""
+        return self.crops.size
 
     def image_dataset(self, split: str):
         """The image-level dataset of ``split``: every image, those in which segmentation

@@ -67,7 +67,7 @@ def predict_cells(
     trained_in = RunDir.of_checkpoint(paths[0])
     image_size = trained_in.image_size_or(cfg.data.image_size, paths[0], "data.image_size")
     if stage.needs_crops:
-        stage.use_crops(int(image_size), _run_crop_settings(trained_in))
+        stage.use_crops(_run_crop_settings(trained_in))
     sizes = tta_input("none", int(image_size), cfg.data.get("load_size") or trained_in.load_size())
     loader = prediction_loader(cfg, image_dir, ids, sizes.image_size, sizes.load_size)
     expected = {

@@ -81,14 +81,14 @@ class CellStage:
     def use_masks_dir(self, masks_dir: Path) -> None:
         self.masks = MaskCache(masks_dir, self.segmenter)
 
-    def use_crops(self, size: int, crops: Mapping | None) -> None:
-        """Cut cells into ``size`` px crops (the ``data.crops`` settings of the run whose model
-        scores them), cached beside the masks; needs ``use_masks_dir`` first."""
+    def use_crops(self, crops: Mapping | None) -> None:
+        """Cut cells into crops as the run whose model scores them did (its ``data.crops``),
+        cached beside the masks; needs ``use_masks_dir`` first."""
         settings = CropConfig.from_mapping(crops)
         self.crops = CropCache(
             crops_folder_of(self.masks.folder),
             self.masks,
-            size=size,
+            size=settings.size,
             margin=settings.margin,
             mask_others=settings.mask_others,
         )
