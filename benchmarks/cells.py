@@ -76,7 +76,15 @@ class SeedRuns:
         run_dir = RunDir(self.folder / name)
         if not run_dir.is_finished():
             checkpoint = f"ckpt_path={trained.best_checkpoint}"
-            run(["hpa.eval", checkpoint, *overrides, f"hydra.run.dir={run_dir}", f"paths.root_dir={REPO}"])
+            run(
+                [
+                    "hpa.eval",
+                    checkpoint,
+                    *overrides,
+                    f"hydra.run.dir={run_dir}",
+                    f"paths.root_dir={REPO}",
+                ]
+            )
         return run_dir
 
     def ensemble(self, name: str, members: list[RunDir]) -> RunDir:
@@ -102,7 +110,11 @@ def method_runs(runs: SeedRuns, more: bool) -> dict[str, RunDir]:
         puzzle = runs.train("puzzle", "cells=cam", "model.map_consistency=1.0", SCORED)
         result["cam_puzzle"] = puzzle
         result["crops_mil"] = runs.train(
-            "crops_mil", "cells=crops", "data.crops.bag_size=8", "model.mil_pooling=attention", SCORED
+            "crops_mil",
+            "cells=crops",
+            "data.crops.bag_size=8",
+            "model.mil_pooling=attention",
+            SCORED,
         )
         result["crops_pseudo"] = runs.train(
             "crops_pseudo",
@@ -117,7 +129,9 @@ def method_runs(runs: SeedRuns, more: bool) -> dict[str, RunDir]:
 def data_overrides(generator: str, images: int, seed: int) -> list[str]:
     if generator == "project":
         return [f"data.synthetic_cells.seed={seed}", f"data.synthetic_cells.num_train={images}"]
-    root = ensure_alt_cell_set(REPO / "data" / f"alt-cells-n{images}-seed{seed}", num_train=images, seed=seed)
+    root = ensure_alt_cell_set(
+        REPO / "data" / f"alt-cells-n{images}-seed{seed}", num_train=images, seed=seed
+    )
     # the project set's image size and batch (conf/data/synthetic_cells.yaml) on the 2021 layout
     return ["data=hpa2021", f"data.root={root}", "data.image_size=128", "data.batch_size=32"]
 
@@ -135,7 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--images", type=int, default=600, help="training images of each set")
     parser.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs")
-    parser.add_argument("--more", action="store_true", help="also cam_puzzle, crops_mil, crops_pseudo")
+    parser.add_argument(
+        "--more", action="store_true", help="also cam_puzzle, crops_mil, crops_pseudo"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -150,14 +166,20 @@ def main(argv: list[str] | None = None) -> None:
             runs = SeedRuns(folder, data_overrides(generator, args.images, seed), seed, overrides)
             for method, run_dir in method_runs(runs, args.more).items():
                 metrics[method].append(run_dir.metrics())
-        print(f"\n{generator} generator, {args.images} training images, seeds {args.seeds}: cell mAP@0.6, mean ± sd")
+        print(
+            f"\n{generator} generator, {args.images} training images, seeds {args.seeds}: cell mAP@0.6, mean ± sd"
+        )
         print(f"{'method':<14}{'validation':>16}{'test':>16}{'cells matched':>16}")
         for method in methods:
             val = summary([m["val/cell_map"] for m in metrics[method]])
             test = summary([m["test/cell_map"] for m in metrics[method]])
-            matched = [m["test/cell_match_rate"] for m in metrics[method] if "test/cell_match_rate" in m]
+            matched = [
+                m["test/cell_match_rate"] for m in metrics[method] if "test/cell_match_rate" in m
+            ]
             print(f"{method:<14}{val:>16}{test:>16}{summary(matched) if matched else '-':>16}")
-        chosen = max(methods, key=lambda method: np.mean([m["val/cell_map"] for m in metrics[method]]))
+        chosen = max(
+            methods, key=lambda method: np.mean([m["val/cell_map"] for m in metrics[method]])
+        )
         print(f"chosen on validation: {chosen}")
 
 
