@@ -111,7 +111,7 @@ def test_predict_with_a_crop_model_writes_the_2021_submission(
     assert decoded.shape == (height, width) and decoded.any()
 
 
-def test_pseudo_labels_of_a_first_run_train_a_second_stage(
+def test_pseudo_labels_of_a_first_run_are_the_soft_targets_of_the_train_cells(
     crops_run: RunDir, data_dir: Path, tmp_path: Path
 ) -> None:
     pseudo_labels = crops_run.split_cells_path("train")
@@ -136,8 +136,19 @@ def test_pseudo_labels_of_a_first_run_train_a_second_stage(
     )
     assert ((crops.labels > 0) & (crops.labels < 1)).any()  # soft, not the image's 0/1 labels
 
+
+@pytest.mark.slow
+def test_pseudo_labels_of_a_first_run_train_a_second_stage(
+    crops_run: RunDir, data_dir: Path, tmp_path: Path
+):
+    overrides = [
+        *CROPS,
+        f"data.crops.pseudo_labels={crops_run.split_cells_path('train')}",
+        f"model.init_from={crops_run.best_checkpoint}",
+    ]
     second = _train(overrides, data_dir, tmp_path / "second")
     assert 0.0 <= second.metrics()[TEST_CELL_MAP] <= 1.0
+    assert second.config().model.init_from == str(crops_run.best_checkpoint)
 
 
 def test_pseudo_labels_missing_a_cell_are_refused_naming_it(
@@ -158,6 +169,7 @@ def test_pseudo_labels_missing_a_cell_are_refused_naming_it(
         datamodule.setup("fit")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["max", "attention"])
 def test_bags_of_cells_train_with_multiple_instance_pooling(
     pooling: str, data_dir: Path, tmp_path: Path
