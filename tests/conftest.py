@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from cli import SMALL_SYNTHETIC_SET, run_module
 from shared_data import (
@@ -41,15 +40,6 @@ def real_sample_submission_csv() -> Path:
     if not path.is_file():
         pytest.skip(skip_reason("sample_submission.csv"))
     return path
-
-
-@pytest.fixture(scope="session")
-def real_train_labels(real_train_csv: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, N x 28 uint8 labels) of the real train.csv, read once per test session."""
-    from hpa.core.labels import HPA2018
-    from hpa.data.reader import read_labels_csv
-
-    return read_labels_csv(real_train_csv, HPA2018)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
@@ -27,6 +26,7 @@ from hpa.core.io import write_csv, write_json
 from hpa.core.labels import LabelSet
 from hpa.core.metric_names import CELL_MAP, TEST, VAL, metric_name
 from hpa.core.run_dir import RunDir
+from hpa.data.cells.mask_cache import read_mask
 from hpa.data.cells.truth import CellTruth
 from hpa.evaluation.cell_ensemble import aligned, choose_weights, combine
 from hpa.evaluation.cell_map import CellMAP
@@ -48,7 +48,7 @@ class SplitCells:
             if not truth.has(sample_id):
                 continue
             mask_path = masks_folder / f"{sample_id}.png"
-            cells = _read_mask(mask_path)
+            cells = read_mask(mask_path)
             self.images[sample_id] = (cells, *truth.load(sample_id))
 
     def cell_map(self, frame: pd.DataFrame) -> float:
@@ -175,10 +175,3 @@ def _cells_of(run: RunDir, split: str, label_set: LabelSet) -> pd.DataFrame:
             f"{path} not found: score the member's {split} cells (cells.score_splits=[val,test])"
         )
     return pd.read_csv(path, dtype={label_set.id_column: str})
-
-
-def _read_mask(path: Path) -> np.ndarray:
-    labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if labels is None:
-        raise HPAInputError(f"cannot read the cell mask {path}")
-    return labels.astype(np.int32)

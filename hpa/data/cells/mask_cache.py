@@ -55,10 +55,7 @@ class MaskCache:
             raise HPAInputError(
                 f"no cell mask for sample {sample_id!r} at {path}: run ensure_masks first"
             )
-        labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if labels is None:
-            raise HPAInputError(f"cannot decode cell mask {path}; delete it to segment it again")
-        return labels.astype(np.int32)
+        return read_mask(path)
 
     def ensure_masks(
         self,
@@ -101,6 +98,14 @@ def shard_ids(ids: Sequence[str], shard: tuple[int, int]) -> list[str]:
     if count < 1 or not 0 <= index < count:
         raise HPAInputError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
     return [str(sample_id) for sample_id in list(ids)[index::count]]
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """The int32 (H, W) cell labels stored at ``path`` by ``write_mask``."""
+    labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if labels is None:
+        raise HPAInputError(f"cannot decode cell mask {path}; delete it to segment it again")
+    return labels.astype(np.int32)
 
 
 def write_mask(path: Path, labels: np.ndarray) -> None:
