@@ -13,18 +13,22 @@ from hpa.core.labels import HPA2021
 from hpa.evaluation.cell_map import CellMAP
 from hpa.evaluation.cell_scoring import (
     CELL_METHODS,
-    NEGATIVE_CLASS,
     broadcast_scores,
     cam_scores,
     crops_scores,
     pooled_cell_evidence,
     score_cells,
 )
-from hpa.models.activation_maps import activation_maps_and_logits, class_activation_maps
+from hpa.models.activation_maps import (
+    activation_maps_and_logits,
+    class_activation_maps,
+    with_output_stride,
+)
 from hpa.models.module import HPAModule
 
 NUM_CLASSES = HPA2021.num_classes
 CLASS_A = 0  # Nucleoplasm
+NEGATIVE_CLASS = HPA2021.class_names.index("Negative")
 
 
 def module_of(name: str) -> HPAModule:
@@ -65,6 +69,39 @@ def test_cam_spatial_mean_is_the_logit_of_the_module(name):
     )
 
 
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0"])
+def test_dilated_maps_are_finer_from_the_same_weights(name):
+    torch.manual_seed(0)
+    module = module_of(name)
+    images = random_images(size=128)
+    native = activation_maps_and_logits(module, images)
+
+    dilated = with_output_stride(module, 8)
+
+    assert with_output_stride(module, 32) is module
+    assert dilated is not module and module.backbone.state_dict().keys() == (
+        dilated.backbone.state_dict().keys()
+    )
+    for key, value in module.backbone.state_dict().items():
+        torch.testing.assert_close(dilated.backbone.state_dict()[key], value)
+    outputs = activation_maps_and_logits(dilated, images)
+    assert native.maps.shape == (2, NUM_CLASSES, 4, 4)
+    assert outputs.maps.shape == (2, NUM_CLASSES, 16, 16)
+    # the dilated network is another function of the same weights, and the maps its own logits
+    torch.testing.assert_close(outputs.maps.mean(dim=(2, 3)), outputs.logits, rtol=1e-4, atol=1e-4)
+    # the module itself is untouched: its maps and logits are as before
+    torch.testing.assert_close(activation_maps_and_logits(module, images).maps, native.maps)
+
+
+def test_a_backbone_timm_cannot_dilate_is_refused_by_name():
+    with pytest.raises(
+        HPAInputError, match=r"densenet121 cannot make class maps at output stride 8"
+    ):
+        with_output_stride(module_of("densenet121"), 8)
+    with pytest.raises(HPAInputError, match="must be 8, 16 or 32"):
+        with_output_stride(module_of("resnet18"), 4)
+
+
 @pytest.mark.parametrize("name", ["seed_cnn", "convnext_atto"])
 def test_cam_refuses_a_head_that_is_not_gap_and_linear(name):
     # the seed CNN pools to 6 x 6 and mixes positions in an MLP; ConvNeXt normalises the pooled
@@ -90,10 +127,12 @@ def image_probabilities(class_a: float = 0.9, negative: float = 0.3) -> np.ndarr
 
 def class_a_on_the_left(map_size: int = 8) -> np.ndarray:
     """Logit maps that are flat (0) for every class but A, which is +4 on the image's left half
-    and -4 on its right half."""
+    and -4 on its right half, and Negative, the other way round (what a trained model's maps
+    say of an image whose right half shows nothing)."""
     maps = np.zeros((NUM_CLASSES, map_size, map_size), dtype=np.float32)
     maps[CLASS_A, :, : map_size // 2] = 4.0
     maps[CLASS_A, :, map_size // 2 :] = -4.0
+    maps[NEGATIVE_CLASS] = -maps[CLASS_A]
     return maps
 
 
@@ -117,11 +156,15 @@ def test_cam_puts_a_class_in_the_cell_that_shows_it_and_negative_in_the_other():
     assert ((scores >= 0) & (scores <= 1)).all()
     assert scores[0, CLASS_A] > scores[1, CLASS_A]
     assert scores[1, NEGATIVE_CLASS] > scores[0, NEGATIVE_CLASS]
-    # the cell that best shows the image's class keeps its image probability
-    assert scores[0, CLASS_A] == pytest.approx(probabilities[CLASS_A])
-    # flat maps: every cell is as strong as the best one, so those classes are broadcast
+    # score = p ** 0.8 * sigmoid(evidence) ** 0.2 at the default weight
+    sigmoid_4 = 1 / (1 + np.exp(-4.0))
+    assert scores[0, CLASS_A] == pytest.approx(0.9**0.8 * sigmoid_4**0.2)
+    assert scores[1, CLASS_A] == pytest.approx(0.9**0.8 * (1 - sigmoid_4) ** 0.2)
+    # flat maps: the cells of one image tie, each class keeps its order across images
     flat = slice(CLASS_A + 1, NEGATIVE_CLASS)
-    np.testing.assert_allclose(scores[:, flat], np.tile(probabilities[flat], (2, 1)))
+    np.testing.assert_allclose(
+        scores[:, flat], np.tile(probabilities[flat] ** 0.8 * 0.5**0.2, (2, 1))
+    )
 
 
 def test_cam_with_weight_0_is_broadcast():

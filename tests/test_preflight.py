@@ -37,6 +37,14 @@ def _nothing_derived_from(root: Path) -> None:
         (["+data.sampler.stratgy=minority"], "data.sampler.stratgy"),
         (["experiment=single_cell", "segment.name=watershedd"], "watershedd"),
         (["experiment=single_cell", "+cells.wieght=0.3"], "wieght"),
+        (
+            ["experiment=single_cell", "cells=broadcast", "+cells.output_stride=8"],
+            "cells=broadcast uses no class maps",
+        ),
+        (
+            ["experiment=single_cell", "cells=cam", "model=timm", "model.name=densenet121"],
+            "densenet121 cannot make class maps at output stride 8",
+        ),
     ],
 )
 def test_a_typo_fails_before_the_data_module_reads_anything(

@@ -40,7 +40,7 @@ TINY_CELL_SET = (
 
 @pytest.fixture(scope="module")
 def single_cell_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunDir, Path]:
-    """(run, data root) of one tiny single-cell run (cells=cam, the experiment's default)."""
+    """(run, data root) of one tiny single-cell run (cells=cam: maps of the dilated model)."""
     base = tmp_path_factory.mktemp("single_cell")
     result = run_module(
         "hpa.train", *TINY_CELL_SET, f"hydra.run.dir={base / 'run'}", f"paths.data_dir={base}"
@@ -68,6 +68,7 @@ def test_a_single_cell_run_scores_cells_against_their_truth(single_cell_run) -> 
     assert set(cells["ID"]) == test_ids
     assert list(cells.columns) == ["ID", "cell_id", *HPA2021.class_names]
     assert run.cells_info()["method"] == "cam"
+    assert run.cells_info()["output_stride"] == 8  # conf/cells/cam.yaml
 
 
 def _own_decode(text: str, height: int, width: int) -> np.ndarray:

@@ -8,9 +8,9 @@ IoU 0.6, ``hpa.evaluation.cell_map``). A cell-scoring method turns one image's i
 - ``broadcast`` (``broadcast_scores``): every cell gets its image's class probabilities, the
   baseline of the competition. Right for the many HPA images whose cells all look alike, blind
   to the others.
-- ``cam`` (``cam_scores``): the image probabilities, raised or lowered per cell by where a class
-  activation map finds each class (``hpa.models.activation_maps`` makes the maps; any per-class
-  evidence maps in logit units will do).
+- ``cam`` (``cam_scores``): the image probabilities, combined with each cell's own probability
+  from the class activation maps pooled inside it (``hpa.models.activation_maps`` makes the
+  maps; any per-class evidence maps in logit units will do).
 - ``crops`` (``crops_scores``): each cell's own probabilities from a model of cell crops
   (hpa.data.cell_crop_datamodule), optionally blended with its image's.
 
@@ -37,18 +37,11 @@ import cv2
 import numpy as np
 
 from hpa.core.errors import HPAInputError
-from hpa.core.labels import HPA2021
 
-NEGATIVE_CLASS = HPA2021.class_names.index("Negative")
-"""18: the class of cells that show none of the other patterns, in ``HPA2021``."""
-
-CAM_WEIGHT = 0.5
-"""How much of a cell's score the class maps decide (``cam_scores``): 0 is ``broadcast``, 1 gives
-a cell without any evidence of a class a score of 0 for it."""
-
-CAM_TEMPERATURE = 1.0
-"""Logit units: a cell whose pooled evidence is this much below the image's strongest cell gets
-strength ``exp(-1)`` = 0.37 for the class (``cam_scores``)."""
+CAM_WEIGHT = 0.2
+"""How much of a cell's score its own evidence decides (``cam_scores``): 0 is ``broadcast``, 1
+scores each cell on the class maps alone. Chosen on validation cells of both synthetic
+generators (0.15 to 0.3 scored alike)."""
 
 WORKING_SIZE = 512
 """The longest side, in pixels, of the label image that the maps are pooled over; larger label
@@ -72,12 +65,10 @@ def cam_scores(
     *,
     class_maps: np.ndarray,
     cells: np.ndarray,
-    negative_class: int | None = NEGATIVE_CLASS,
     weight: float = CAM_WEIGHT,
-    temperature: float = CAM_TEMPERATURE,
     working_size: int = WORKING_SIZE,
 ) -> np.ndarray:
-    """(K, C) cell scores: the image probabilities, weighed per cell by the class maps.
+    """(K, C) cell scores: the image probabilities and each cell's own evidence, combined.
 
     Inputs: ``image_probabilities`` (C,) of the image; ``class_maps`` (C, h, w) per-class
     evidence in logit units over the whole image (``hpa.models.activation_maps``: the maps'
@@ -86,30 +77,20 @@ def cam_scores(
 
     1. Evidence ``e[k, c]``: the mean of class ``c``'s map over cell ``k``'s pixels
        (``pooled_cell_evidence``: maps resized bilinearly to the label image, downsampled to
-       ``working_size``).
-    2. Strength ``s[k, c] = exp(-(max_k' e[k', c] - e[k, c]) / temperature)`` in (0, 1]: how
-       close the cell comes to the image's strongest cell for the class, on the logit scale.
-       The image probability already says whether the class is in the image; the maps only
-       need to say which cells carry it. So the strongest cell keeps 1 (the image model saw the
-       class somewhere, most likely there), and cells that look alike, the usual HPA image,
-       all stay near 1, i.e. near ``broadcast``. Min-max scaling over the cells would instead
-       push the weakest of near-identical cells to 0; a sigmoid of the pooled logit would count
-       the image probability twice and depend on the logits' offset.
-    3. Cell-only score ``q[k, c] = p[c] * s[k, c]`` for every class, and for ``negative_class``
-       ``q[k, n] = max(p[n] * s[k, n], p_any - max_c p[c] * s[k, c])`` (c over the other
-       classes, ``p_any = max_c p[c]``): a cell gets Negative either as the class the image
-       model predicts, or because it lacks the evidence of the patterns the image shows
-       (``p_any`` for a cell with none of it, 0 for the cell that best shows the image's most
-       likely pattern). ``negative_class=None``: no such class, every class as in the first
-       formula.
-    4. ``score = (1 - weight) * p + weight * q``: ``weight`` (in [0, 1]) is the trust in the
-       maps. At 0 every row is the image's probabilities (``broadcast``); at 1 a cell without
-       a class's evidence gets nearly 0 for it. The maps are coarse (one value per 32 input
-       pixels, about a cell's size at 512 px), hence the default 0.5.
+       ``working_size``): the logit the model would give an image made of such pixels.
+    2. The cell's own probability ``q[k, c] = sigmoid(e[k, c])``, on the same scale in every
+       image, so that a cell without the class's evidence falls below the cells of other
+       images that show it: what cell mAP, one ranking of all cells per class, rewards.
+    3. ``score = p ** (1 - weight) * q ** weight``: ``weight`` (in [0, 1]) is the trust in the
+       maps. At 0 every row is the image's probabilities (``broadcast``), at 1 each cell is
+       scored on its own evidence. The image probability carries most of the signal (it pools
+       every cell), the maps say which cells carry it; on both synthetic generators a small
+       weight was best on validation cells (docs/results.md, "Single cells").
 
+    Negative is a class like the others: its map says which cells show none of the patterns.
     A cell too small to keep a pixel at ``working_size`` is scored at its centroid. A cell id
     in 1..K without pixels gets the image's probabilities (it has no mask, so no submission
-    writes it). Every default is meant to be tuned on validation data.
+    writes it). The default weight was chosen on validation cells; tune it on yours.
     """
     probabilities = _image_probabilities(image_probabilities)
     num_classes = probabilities.size
@@ -117,27 +98,11 @@ def cam_scores(
     num_cells = _num_cells(num_cells)
     if not 0.0 <= weight <= 1.0:
         raise HPAInputError(f"cam weight must be in [0, 1], got {weight}")
-    if not temperature > 0:
-        raise HPAInputError(f"cam temperature must be positive, got {temperature}")
-    if negative_class is not None and not 0 <= negative_class < num_classes:
-        raise HPAInputError(
-            f"negative_class {negative_class} is outside 0..{num_classes - 1} (or None)"
-        )
 
     evidence, present = pooled_cell_evidence(maps, cells, num_cells, working_size)
-    strength = np.ones((num_cells, num_classes))
-    if present.any():
-        best = evidence[present].max(axis=0)
-        strength[present] = np.exp(-(best - evidence[present]) / temperature)
-
-    cell_only = probabilities * strength
-    if negative_class is not None:
-        others = np.delete(np.arange(num_classes), negative_class)
-        if others.size:
-            shown = cell_only[:, others].max(axis=1)
-            absence = probabilities[others].max() - shown
-            cell_only[:, negative_class] = np.maximum(cell_only[:, negative_class], absence)
-    scores = (1.0 - weight) * probabilities + weight * cell_only
+    cell_probabilities = np.tile(probabilities, (num_cells, 1))
+    cell_probabilities[present] = 1.0 / (1.0 + np.exp(-evidence[present]))
+    scores = probabilities ** (1.0 - weight) * cell_probabilities**weight
     return np.clip(scores, 0.0, 1.0)
 
 
@@ -286,7 +251,7 @@ def score_cells(
     ``image_probabilities`` (C,) and ``num_cells`` K go to every method; ``cells`` (the (H, W)
     label image), ``class_maps`` (C, h, w) and ``cell_probabilities`` (K, C) to the methods
     that need them; ``options`` are
-    the method's own keyword arguments (``cam_scores``: ``weight``, ``temperature``...).
+    the method's own keyword arguments (``cam_scores``: ``weight``, ``working_size``).
     HPAInputError for an unknown method, a needed input that is missing, or an option the
     method does not take.
     """

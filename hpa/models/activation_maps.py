@@ -27,6 +27,7 @@ anything else between the pool and the classifier is refused too.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -35,8 +36,12 @@ import torch
 from torch import nn
 
 from hpa.core.errors import HPAInputError
+from hpa.models.backbones import create_backbone
 from hpa.models.map_consistency import gap_linear_head
 from hpa.models.module import HPAModule
+
+NATIVE_OUTPUT_STRIDE = 32
+"""The input pixels per feature-map position of resnet, densenet and efficientnet as trained."""
 
 
 class ActivationMaps(NamedTuple):
@@ -96,6 +101,37 @@ def activation_maps_and_logits(module: HPAModule, images: torch.Tensor) -> Activ
             maps = maps + classifier.bias.float().view(1, -1, 1, 1)
         _check_identity(module, maps, logits, features.dtype)
     return ActivationMaps(maps, logits)
+
+
+def with_output_stride(module: HPAModule, output_stride: int) -> HPAModule:
+    """``module`` with its backbone's last feature map at ``output_stride`` input pixels per
+    position: the same weights, the later stages dilated instead of strided (timm's
+    ``output_stride``). At 8 a 128 px image gives 16 x 16 maps instead of 4 x 4, fine enough to
+    tell a cell from its neighbour; each position still sees what it saw in training, so the
+    class evidence keeps its meaning. 32 returns ``module`` itself; otherwise a copy in eval
+    mode (``module`` is left as it is). HPAInputError, naming the backbone, when timm cannot
+    dilate it (densenet, the seed CNN)."""
+    if output_stride == NATIVE_OUTPUT_STRIDE:
+        return module
+    if output_stride not in (8, 16):
+        raise HPAInputError(f"cells.output_stride must be 8, 16 or 32, got {output_stride}")
+    name = _backbone_name(module)
+    try:
+        backbone = create_backbone(
+            name,
+            num_classes=module.label_set.num_classes,
+            in_chans=4,
+            output_stride=output_stride,
+        )
+        backbone.load_state_dict(module.backbone.state_dict())
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise HPAInputError(
+            f"model.name={name} cannot make class maps at output stride {output_stride} "
+            f"({error}); use cells.output_stride=32"
+        ) from None
+    dilated = copy.deepcopy(module)
+    dilated.backbone = backbone.to(device=module.device, memory_format=module._memory_format())
+    return dilated.eval()
 
 
 def _gap_linear_head(module: HPAModule) -> tuple[nn.Module, nn.Linear]:

@@ -45,8 +45,17 @@ from hpa.data.cells.truth import CellTruth
 from hpa.data.dataset import collate_samples
 from hpa.data.split import SPLITS
 from hpa.evaluation.cell_map import CellMAP, segmentation_match_rate
-from hpa.evaluation.cell_scoring import check_cell_method, check_cell_options, score_cells
-from hpa.models.activation_maps import activation_maps_and_logits
+from hpa.evaluation.cell_scoring import (
+    CELL_METHODS,
+    check_cell_method,
+    check_cell_options,
+    score_cells,
+)
+from hpa.models.activation_maps import (
+    NATIVE_OUTPUT_STRIDE,
+    activation_maps_and_logits,
+    with_output_stride,
+)
 from hpa.models.module import HPAModule
 from hpa.run.builders import plain_config
 
@@ -59,11 +68,14 @@ CELL_MAP_IOU = 0.6
 class CellStage:
     """How a run finds and scores cells: ``method`` (``cells.method``) with its ``options``;
     cells found by ``segmenter``, whose masks are cached in ``masks`` (set once the data is
-    there: ``use_masks_dir``) and segmented in ``processes`` processes."""
+    there: ``use_masks_dir``) and segmented in ``processes`` processes. A method that needs
+    class maps takes them from the model dilated to ``output_stride`` (``cells.output_stride``,
+    hpa.models.activation_maps.with_output_stride)."""
 
     method: str
     segmenter: Segmenter
     options: dict = field(default_factory=dict)
+    output_stride: int = NATIVE_OUTPUT_STRIDE
     processes: int = 1
     shard: tuple[int, int] = (0, 1)
     masks: MaskCache | None = None
@@ -99,6 +111,7 @@ class CellStage:
         return {
             "method": self.method,
             "options": self.options,
+            "output_stride": self.output_stride,
             "segmenter": {"name": self.segmenter.name, **self.segmenter.settings()},
             "masks_dir": str(self.masks.folder) if self.masks is not None else None,
         }
@@ -122,9 +135,21 @@ def cell_stage_of(
             f"cells.score_splits={list(splits)}: the splits are {', '.join(SPLITS)}, and test is "
             "always scored"
         )
+    output_stride = int(cells_cfg.pop("output_stride", None) or NATIVE_OUTPUT_STRIDE)
     check_cell_options(method, cells_cfg)
+    if output_stride != NATIVE_OUTPUT_STRIDE and "class_maps" not in CELL_METHODS[method].inputs:
+        raise HPAInputError(
+            f"cells.output_stride={output_stride}: cells={method} uses no class maps (cells=cam)"
+        )
     segmenter = build_segmenter(plain_config(segment_cfg or {"name": "watershed"}))
-    return CellStage(method, segmenter, cells_cfg, processes, splits=splits)
+    return CellStage(
+        method,
+        segmenter,
+        cells_cfg,
+        processes=processes,
+        output_stride=output_stride,
+        splits=splits,
+    )
 
 
 def run_cell_config(trained_in: RunDir) -> tuple[dict | None, dict | None]:
@@ -149,12 +174,16 @@ def training_cell_stage(cfg: DictConfig, datamodule) -> CellStage | None:
     return cell_stage_of(cfg.cells, cfg.get("segment"), datamodule.cells.segment_processes)
 
 
-def check_model_for_cells(stage: CellStage, module: HPAModule, image_size: int) -> None:
-    """HPAInputError, before any training, when the model cannot score cells this way
-    (``cells=cam`` needs a GAP+linear head): one forward pass of a blank image."""
-    if stage.needs_maps:
-        blank = torch.zeros((1, 4, image_size, image_size), dtype=torch.uint8)
-        activation_maps_and_logits(module, blank)
+def check_model_for_cells(cells_cfg: Mapping | None, module: HPAModule, image_size: int) -> None:
+    """HPAInputError, before any data is read, when the model cannot score cells as
+    ``cells_cfg`` asks (``cells=cam`` needs a GAP+linear head that timm can dilate to
+    ``cells.output_stride``): one forward pass of a blank image."""
+    method = CELL_METHODS.get((cells_cfg or {}).get("method"))  # unknown: cell_stage_of says so
+    if method is None or "class_maps" not in method.inputs:
+        return
+    output_stride = int(cells_cfg.get("output_stride") or NATIVE_OUTPUT_STRIDE)
+    blank = torch.zeros((1, 4, image_size, image_size), dtype=torch.uint8)
+    activation_maps_and_logits(with_output_stride(module, output_stride), blank)
 
 
 @dataclass
@@ -182,16 +211,15 @@ def scored_images(
         yield from _scored_by_crops(stage, module, ids, image_dir, loader.batch_size or 64)
         return
     device = next(module.parameters()).device
+    maps_module = with_output_stride(module, stage.output_stride) if stage.needs_maps else None
     for batch in tqdm(loader, "scoring cells", unit="batch"):
         images = batch["image"].to(device)
-        if stage.needs_maps:
-            outputs = activation_maps_and_logits(module, images)
-            maps, logits = outputs.maps.float().cpu().numpy(), outputs.logits
-        else:
-            with torch.inference_mode():
-                module.eval()
-                logits = module(images)
-            maps = None
+        with torch.inference_mode():
+            module.eval()
+            logits = module(images)  # the image probabilities of the model as trained
+        maps = None
+        if maps_module is not None:
+            maps = activation_maps_and_logits(maps_module, images).maps.float().cpu().numpy()
         probabilities = torch.sigmoid(logits.float()).cpu().numpy()
         for row, index in enumerate(batch["index"].tolist()):
             sample_id = ids[index]

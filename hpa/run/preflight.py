@@ -4,7 +4,7 @@ A typo (``model.name=resnet9000``, ``loss=focall``, ``model.thresholds=rated``) 
 once the data had been validated, hashed for duplicates, split and cached: minutes on the Kaggle
 set. ``check_run_config`` builds what the config names, cheaply and without data: the label
 set, the backbone (without pretrained weights), the loss, the threshold policy, the test-time
-augmentation and the callbacks. Optimizer and scheduler values are left to the run: an Optuna
+augmentation, the callbacks, and for ``cells=cam`` the class maps at ``cells.output_stride``. Optimizer and scheduler values are left to the run: an Optuna
 trial with an impossible value must fail as a trial, not stop the sweep. The data
 settings are checked by the data module's ``from_config`` and the cell stage by
 ``training_cell_stage``, both before any data is read.
@@ -23,6 +23,7 @@ from hpa.data.class_statistics import ClassStatistics
 from hpa.models.backbones import check_backbone_name
 from hpa.models.map_consistency import check_tiles
 from hpa.run import builders
+from hpa.run.cells import check_model_for_cells
 
 
 def check_run_config(cfg: DictConfig) -> None:
@@ -50,6 +51,7 @@ def check_run_config(cfg: DictConfig) -> None:
         builders.build_callbacks(cfg)
     except InstantiationException as error:
         raise HPAInputError(f"the run's config cannot be built: {_reason(error)}") from None
+    check_model_for_cells(builders.plain_config(cfg.get("cells")), module, int(cfg.data.image_size))
     del module
 
 

@@ -37,7 +37,6 @@ from hpa.models.pretrained import ensure_pretrained_weights
 from hpa.run import builders, reporting
 from hpa.run.cells import (
     CellStage,
-    check_model_for_cells,
     score_test_cells,
     training_cell_stage,
 )
@@ -70,8 +69,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     model = builders.build_module(cfg, datamodule)
     run_dir.write_class_counts(class_counts_table(datamodule, model))
-    if cell_stage is not None:
-        check_model_for_cells(cell_stage, model, datamodule.image_size)
     callbacks = builders.build_callbacks(cfg) + epoch_seeding(cfg.get("seed"))
     loggers = builders.build_loggers(cfg)
     continue_loggers(loggers, resumed_position)
