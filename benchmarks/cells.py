@@ -23,6 +23,7 @@ the validation column; the test column is the report.
 
     python -m benchmarks.cells                                   # both generators, seeds 0,1,2
     python -m benchmarks.cells --generators alt --seeds 0 --images 120 --epochs 1   # a smoke run
+    python -m benchmarks.cells --methods broadcast,cam                          # image models only
 
 Runs go to ``--root`` (default logs/cells), one folder per generator, budget, seed and method;
 finished ones are not run again. Synthetic scores show how the methods differ on synthetic
@@ -95,20 +96,22 @@ class SeedRuns:
         return run_dir
 
 
-def method_runs(runs: SeedRuns, more: bool) -> dict[str, RunDir]:
-    """Each method's run (its metrics hold val/cell_map and test/cell_map)."""
-    image = runs.train("broadcast", "cells=broadcast", SCORED)
-    cam = runs.evaluate("cam", image, "cells=cam", SCORED)
-    crops = runs.train("crops", "cells=crops", "cells.score_splits=[train,val,test]")
-    result = {
-        "broadcast": image,
-        "cam": cam,
-        "crops": crops,
-        "ensemble": runs.ensemble("ensemble", [image, cam, crops]),
-    }
-    if more:
-        puzzle = runs.train("puzzle", "cells=cam", "model.map_consistency=1.0", SCORED)
-        result["cam_puzzle"] = puzzle
+def method_runs(runs: SeedRuns, methods: tuple[str, ...]) -> dict[str, RunDir]:
+    """The run of each of ``methods`` (its metrics hold val/cell_map and test/cell_map)."""
+    result: dict[str, RunDir] = {}
+    if {"broadcast", "cam", "ensemble"} & set(methods):
+        result["broadcast"] = runs.train("broadcast", "cells=broadcast", SCORED)
+        result["cam"] = runs.evaluate("cam", result["broadcast"], "cells=cam", SCORED)
+    if {"crops", "ensemble", "crops_pseudo"} & set(methods):
+        result["crops"] = runs.train("crops", "cells=crops", "cells.score_splits=[train,val,test]")
+    if "ensemble" in methods:
+        members = [result["broadcast"], result["cam"], result["crops"]]
+        result["ensemble"] = runs.ensemble("ensemble", members)
+    if "cam_puzzle" in methods:
+        result["cam_puzzle"] = runs.train(
+            "puzzle", "cells=cam", "model.map_consistency=1.0", SCORED
+        )
+    if "crops_mil" in methods:
         result["crops_mil"] = runs.train(
             "crops_mil",
             "cells=crops",
@@ -116,6 +119,8 @@ def method_runs(runs: SeedRuns, more: bool) -> dict[str, RunDir]:
             "model.mil_pooling=attention",
             SCORED,
         )
+    if "crops_pseudo" in methods:
+        crops = result["crops"]
         result["crops_pseudo"] = runs.train(
             "crops_pseudo",
             "cells=crops",
@@ -123,7 +128,7 @@ def method_runs(runs: SeedRuns, more: bool) -> dict[str, RunDir]:
             f"model.init_from={crops.best_checkpoint}",
             SCORED,
         )
-    return result
+    return {method: result[method] for method in methods}
 
 
 def data_overrides(generator: str, images: int, seed: int) -> list[str]:
@@ -152,6 +157,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--more", action="store_true", help="also cam_puzzle, crops_mil, crops_pseudo"
     )
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help=f"a subset, comma-separated, of {', '.join(CORE_METHODS + MORE_METHODS)}",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -159,12 +169,17 @@ def main(argv: list[str] | None = None) -> None:
     budget = f"n{args.images}" + (f"-e{args.epochs}" if args.epochs else "")
     seeds = [int(seed) for seed in args.seeds.split(",")]
     methods = CORE_METHODS + (MORE_METHODS if args.more else ())
+    if args.methods:
+        methods = tuple(args.methods.split(","))
+        unknown = sorted(set(methods) - set(CORE_METHODS + MORE_METHODS))
+        if unknown:
+            parser.error(f"unknown methods: {', '.join(unknown)}")
     for generator in args.generators.split(","):
         metrics: dict[str, list[dict]] = {method: [] for method in methods}
         for seed in seeds:
             folder = args.root / generator / budget / f"seed{seed}"
             runs = SeedRuns(folder, data_overrides(generator, args.images, seed), seed, overrides)
-            for method, run_dir in method_runs(runs, args.more).items():
+            for method, run_dir in method_runs(runs, methods).items():
                 metrics[method].append(run_dir.metrics())
         print(
             f"\n{generator} generator, {args.images} training images, seeds {args.seeds}: cell mAP@0.6, mean ± sd"
