@@ -105,6 +105,8 @@ def test_plain_loop_records_every_epoch(independent_set: Path, tmp_path: Path):
     np.testing.assert_array_equal(saved.val_probabilities[1], record.val_probabilities[1])
     np.testing.assert_array_equal(saved.val_targets, splits["val"][1].numpy())
     assert saved.meta["val_ids"] == splits["val"][2].tolist()
+    assert saved.meta["steps_per_epoch"] == 3  # batches of 4, 4 and 2 of the 10 train images
+    assert saved.meta["options"]["flips"] == "image"
     assert all(np.isfinite(saved.val_loss))
 
 
@@ -211,12 +213,16 @@ def test_recorder_records_the_average_that_validation_judges_under_ema(tmp_path:
         "callbacks=ema",
         "trainer.max_epochs=2",
         "trainer.limit_val_batches=1.0",
+        "+trainer.accumulate_grad_batches=3",
         "+callbacks.quality_recorder._target_=benchmarks.quality.recorder.EpochPredictions",
         f"+callbacks.quality_recorder.path={record_file}",
     )
     run_dir = tmp_path / "run"
     record = load_record(record_file)
     assert record.epochs == [0, 1]
+    # 4 batches an epoch (debug=fast), accumulated by 3: a step after the third and one after
+    # the last (num_training_batches // 3 would say 1)
+    assert record.meta["steps_per_epoch"] == 2
     # metrics.json's val/ figures come from best.ckpt, whose state_dict is the EMA of the weights
     metrics = json.loads((run_dir / "metrics.json").read_text())
     curves = validation_curves(record)

@@ -1,12 +1,18 @@
 """The plain PyTorch loop of issue 16, on a saved split: timm resnet18 (4 channels, from
 scratch), images scaled by 1/255 and held in memory, AdamW (lr 1e-3, weight decay 1e-4) at a
-constant rate, batches of 32, a random horizontal and a random vertical flip of the whole batch,
-BCE. Every epoch's val and test probabilities and val loss go to a Record; the epoch kept
-(best val macro F1 at 0.5) and the thresholds (0.05 grid) are chosen afterwards (``report``).
+constant rate, batches of 32 (a last batch of one image is skipped), one of the 8 symmetries of
+the square (D4) drawn for each image (a horizontal flip, a vertical flip and a transpose, each
+with p = 0.5, from the loop's seeded generator), BCE. Every epoch's val and test probabilities
+and val loss go to a Record, with the optimizer steps of an epoch (``meta["steps_per_epoch"]``);
+the epoch kept (best val macro F1 at 0.5) and the thresholds are chosen afterwards (``report``).
 
     python -m benchmarks.quality.plain ROOT SPLIT.csv RECORD.npz --seed 0 --epochs 12
 
-``PlainOptions`` adds one hpa ingredient at a time (normalisation, cosine schedule, D4, ...).
+``PlainOptions`` adds one hpa ingredient at a time (normalisation, cosine schedule, ...).
+``--flips batch`` is the loop before 2026-12-07 (records made before then used it): one random
+horizontal and one random vertical flip of the whole batch (4 symmetries, the same for every
+image of a batch); ``--flips batch_d4`` adds a random transpose of the whole batch (the former
+``--dihedral``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ from hpa.data.split import load_split
 
 log = logging.getLogger(__name__)
 
+FLIPS = ("image", "batch", "batch_d4")
+"""``PlainOptions.flips``: ``image`` one of the 8 D4 symmetries per image (hpa's
+``augment=flips``), ``batch`` one random horizontal and one random vertical flip of the whole batch
+(the loop before 2026-12-07), ``batch_d4`` those and a random transpose of the whole batch."""
+
 
 @dataclass(frozen=True)
 class PlainOptions:
@@ -38,9 +49,41 @@ class PlainOptions:
     batch_size: int = 32
     normalize: bool = False  # hpa: per-channel mean and std of the train split
     cosine: bool = False  # hpa: cosine decay of the learning rate over the epochs
-    dihedral: bool = False  # hpa-like: also a random transpose, so one of the 8 D4 symmetries
+    flips: str = "image"  # FLIPS: per image (as hpa) or per batch (the loop before 2026-12-07)
     channels_last: bool = False  # hpa: channels-last memory format
     drop_rate: float = 0.0  # dropout before the classifier
+
+    def __post_init__(self) -> None:
+        if self.flips not in FLIPS:
+            raise ValueError(
+                f"PlainOptions.flips={self.flips!r}: choose one of {', '.join(FLIPS)} (image: one "
+                "of the 8 D4 symmetries per image; batch: a random horizontal and vertical flip "
+                "of the whole batch; batch_d4: those and a random transpose of the whole batch)"
+            )
+
+
+def flip_batch(images: torch.Tensor, flips: str, generator: torch.Generator) -> torch.Tensor:
+    """The random symmetries of a training batch (B, C, S, S), drawn from ``generator`` (``FLIPS``).
+
+    ``image``: a horizontal flip, a vertical flip and a transpose, each with p = 0.5 and drawn for
+    each image, so each image gets one of the 8 symmetries of the square, uniformly. ``batch`` and
+    ``batch_d4`` draw once for the whole batch, in the order (and with the draws) of the loop
+    before 2026-12-07, so those runs repeat.
+    """
+    if flips == "image":
+        masks = (torch.rand(3, len(images), generator=generator) < 0.5).view(3, -1, 1, 1, 1)
+        images = torch.where(masks[0], images.flip(3), images)
+        images = torch.where(masks[1], images.flip(2), images)
+        return torch.where(masks[2], images.transpose(2, 3), images)
+    if flips not in FLIPS:
+        raise ValueError(f"flips={flips!r}: choose one of {', '.join(FLIPS)}")
+    if torch.rand(1, generator=generator) < 0.5:
+        images = images.flip(3)
+    if torch.rand(1, generator=generator) < 0.5:
+        images = images.flip(2)
+    if flips == "batch_d4" and torch.rand(1, generator=generator) < 0.5:
+        images = images.transpose(2, 3)
+    return images
 
 
 def load_splits(root: Path, split_file: Path, image_size: int) -> dict[str, tuple]:
@@ -107,21 +150,20 @@ def train_plain(splits: dict, seed: int, options: PlainOptions, path: Path | Non
     for epoch in range(options.epochs):
         model.train()
         order = torch.randperm(len(train_x), generator=generator)
+        steps = 0
         for start in range(0, len(order), options.batch_size):
             rows = order[start : start + options.batch_size]
             if len(rows) < 2:  # batch norm needs two images
                 continue
-            images = scaled(train_x[rows])
-            if torch.rand(1, generator=generator) < 0.5:
-                images = images.flip(3)
-            if torch.rand(1, generator=generator) < 0.5:
-                images = images.flip(2)
-            if options.dihedral and torch.rand(1, generator=generator) < 0.5:
-                images = images.transpose(2, 3)
+            images = flip_batch(scaled(train_x[rows]), options.flips, generator)
+            if options.flips == "image":  # torch.where's output may lose the memory format
+                images = images.contiguous(memory_format=memory_format)
             loss = criterion(model(images), train_y[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            steps += 1
+        record.meta.setdefault("steps_per_epoch", steps)  # the same every epoch
         if options.cosine:
             schedule.step()
         val_probabilities, val_loss = predict(val_x, val_y)
@@ -145,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         flag = "--" + option.name.replace("_", "-")
         if option.type == "bool":
             parser.add_argument(flag, action="store_true")
+        elif option.name == "flips":
+            parser.add_argument(flag, choices=FLIPS, default=option.default)
         else:
             parser.add_argument(flag, type=type(option.default), default=option.default)
     args = parser.parse_args(argv)

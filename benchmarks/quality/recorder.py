@@ -11,6 +11,13 @@ starts and out when it ends. So the recorder records at the start of the validat
 must come after the averaging callback in the trainer's list (``+callbacks.quality_recorder``
 adds it last); ``on_fit_start`` refuses any other order.
 
+The record's ``meta["steps_per_epoch"]`` is the number of optimizer steps of the first epoch
+recorded: ``trainer.global_step`` at its validation less its value when the epoch started.
+(``num_training_batches // accumulate_grad_batches`` floors where Lightning also steps on an
+epoch's last, incomplete accumulation, and counting ``on_train_batch_end`` counts batches, not
+steps; the difference of ``global_step`` is the steps taken, whatever the accumulation or the
+sampler. Every epoch of an hpa run has as many batches: its samplers' lengths are fixed.)
+
 Single-device runs only: each process would record its own rows under DDP.
 """
 
@@ -35,6 +42,7 @@ class EpochPredictions(pl.Callback):
         self.path = Path(path)
         self.record: Record | None = None
         self.started = 0.0
+        self.epoch_start_step = 0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         position = trainer.callbacks.index(self)
@@ -60,9 +68,14 @@ class EpochPredictions(pl.Callback):
             },
         )
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch_start_step = trainer.global_step
+
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
+        # the optimizer steps of the first epoch recorded (validation ends each epoch)
+        self.record.meta.setdefault("steps_per_epoch", trainer.global_step - self.epoch_start_step)
         datasets = trainer.datamodule.datasets
         val_probabilities, val_loss = self._predict(pl_module, datasets["val"])
         test_probabilities, _ = self._predict(pl_module, datasets["test"])
