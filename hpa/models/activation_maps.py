@@ -129,8 +129,9 @@ def with_output_stride(module: HPAModule, output_stride: int) -> HPAModule:
             f"model.name={name} cannot make class maps at output stride {output_stride} "
             f"({error}); use cells.output_stride=32"
         ) from None
-    dilated = copy.deepcopy(module)
-    dilated.backbone = backbone.to(device=module.device, memory_format=module._memory_format())
+    backbone = backbone.to(device=module.device, memory_format=module._memory_format())
+    # the memo hands the copy the new backbone: the trained one is not copied only to be dropped
+    dilated = copy.deepcopy(module, memo={id(module.backbone): backbone})
     return dilated.eval()
 
 

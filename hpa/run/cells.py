@@ -1,13 +1,14 @@
 """The cell stage of a run (the 2021 task): segment images, score every cell from the image
 model, and, where cell truth exists, measure cell mAP at mask IoU 0.6.
 
-A run with a ``cells`` config (``experiment=single_cell``: ``cells=cam``) trains its image model
-as the 2018 task does; afterwards ``score_test_cells`` takes the test split's images through:
+A run with a ``cells`` config (``experiment=single_cell``) trains its model as the 2018 task
+does; afterwards ``score_test_cells`` takes the test split's images through:
 
 1. segmentation at each image's own size (``segment=``), cached once per image and settings
    (hpa.data.cells.MaskCache), in ``data.segment_processes`` processes;
 2. the model on the image resized for it: class probabilities and, for ``cells=cam``, class
-   activation maps, in one forward pass (hpa.models.activation_maps);
+   activation maps from a second pass of the same weights dilated to ``cells.output_stride``
+   (hpa.models.activation_maps); a crop model (``cells=crops``) on each cell's crop instead;
 3. a score per cell and class (hpa.evaluation.cell_scoring);
 4. cell mAP against the truth cells (hpa.evaluation.cell_map) and the share of truth cells that
    the segmentation matched at IoU >= 0.6.
@@ -136,8 +137,8 @@ def cell_stage_of(
             "always scored"
         )
     output_stride = int(cells_cfg.pop("output_stride", None) or NATIVE_OUTPUT_STRIDE)
-    check_cell_options(method, cells_cfg)
-    if output_stride != NATIVE_OUTPUT_STRIDE and "class_maps" not in CELL_METHODS[method].inputs:
+    cell_method = check_cell_options(method, cells_cfg)
+    if output_stride != NATIVE_OUTPUT_STRIDE and "class_maps" not in cell_method.inputs:
         raise HPAInputError(
             f"cells.output_stride={output_stride}: cells={method} uses no class maps (cells=cam)"
         )
