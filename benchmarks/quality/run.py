@@ -60,6 +60,7 @@ FLIPS_CONSTANT = (*BEFORE, "augment=flips", "scheduler=none")
 _RECIPE = ("data.oversample=true", "data.sampler.draws=repeat")  # today's sampler for a recipe
 _RARE_IN_TRAIN = ("data.sampler.strategy=inverse_frequency", "data.sampler.power=0.25")
 _SEED_MINORITY = ("data.sampler.strategy=minority",)
+_TUNED = ("experiment=tuned_recipe", *_RARE_IN_TRAIN)  # the recipe, named whatever it holds
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # name: (program, its arguments): plain.py flags or hpa.train overrides
     # the plain loop: one of the 8 D4 symmetries per image since 2026-12-07 (as hpa's
@@ -89,6 +90,12 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         HPA,
         ("experiment=tuned_recipe", *_RARE_IN_TRAIN, "data.sampler.draws=replacement"),
     ),
+    # item 3 of issue 27, re-choosing the defaults: the tuned recipe with focal + Lovasz loss,
+    # with random 128 px crops of images read at 160 px (data.load_size; val and test see the
+    # centre crop), and with both
+    "tuned_focal_lovasz": (HPA, (*_TUNED, "loss=focal_lovasz")),
+    "tuned_crops": (HPA, (*_TUNED, "data.load_size=160")),
+    "tuned_focal_lovasz_crops": (HPA, (*_TUNED, "loss=focal_lovasz", "data.load_size=160")),
     "hpa_nov30": (HPA, NOV30),
     # the 2026-11-30 defaults with the EMA, and with balanced BCE: each half of today's change
     "hpa_plus_ema": (HPA, (*NOV30, "callbacks=ema")),
