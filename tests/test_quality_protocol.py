@@ -21,11 +21,14 @@ from benchmarks.quality.record import Record, RunKey, record_path
 from benchmarks.quality.report import (
     SELECTION_POLICIES,
     choice_line,
+    choose_defaults,
     choose_on_validation,
+    confirmation,
     cross_fitted_decisions,
     equal_step_pairs,
     evaluate_all,
     macro_f1,
+    pooled_selection,
     print_report,
     score_run,
     selection_f1,
@@ -298,3 +301,44 @@ def test_verdict_reports_on_test_the_choice_made_on_validation(tmp_path: Path, c
     assert (row["seeds"], row["lead > 1 sd"]) == (1, "n/a (one seed)")
     assert verdict(scores[scores.variant != "plain"], chosen) is None
     assert isinstance(outcome, pd.DataFrame)
+
+
+def test_defaults_are_chosen_on_validation_of_every_dataset_and_confirmed_on_test(
+    tmp_path: Path, capsys
+):
+    # val: hpa_x is best on set a (6 classes) but worst on b (2), hpa 3 on both: pooled over the
+    # sets (tuned thresholds) hpa_x 4/28 beats hpa 3/28; hpa_y (12 classes) ran on a only and
+    # cannot be a default. Test: hpa_x 10, 11, 12 classes by seed, hpa 9, plain 8
+    def write(dataset: str, variant: str, seed: int, record: Record) -> None:
+        record.save(record_path(tmp_path, RunKey(dataset, 32, variant, seed, 12)))
+
+    for seed in range(3):
+        for dataset, x_val in (("toy-a", 6), ("toy-b", 2)):
+            write(dataset, "hpa_x", seed, _record(x_val, 10 + seed, 10, seed))
+            write(dataset, "hpa", seed, _record(3, 9, 10, seed))
+            write(dataset, "plain", seed, _record(3, 8, 10, seed))
+        write("toy-a", "hpa_y", seed, _record(12, 12, 10, seed))
+    scores, selection, _ = evaluate_all(tmp_path)
+    pooled = pooled_selection(selection)
+    assert list(pooled.index) == ["hpa", "hpa_x"] and list(pooled.columns) == [
+        "0.5",
+        "rate",
+        "tuned",
+    ]
+    assert pooled.loc["hpa_x", "tuned"] == pytest.approx(4 / C)
+    assert choose_defaults(selection) == ("hpa_x", "tuned", pytest.approx(4 / C))
+    assert choose_defaults(selection[selection.dataset == "toy-a"])[0] == "hpa_y"
+
+    table = confirmation(scores, ("hpa_x", "tuned"))
+    assert list(table.index) == ["toy-a", "toy-b"]
+    row = table.loc["toy-a"]
+    # hpa_x 10, 11, 12 (/28): 0.393 +- 0.036; leads 1, 2, 3 over hpa and 2, 3, 4 over plain
+    assert (row["chosen"], row["hpa at rate"]) == ("0.393 ± 0.036", "0.321 ± 0.000")
+    assert row["lead over hpa at rate"] == "0.071 ± 0.036"
+    assert row["lead over plain tuned"] == "0.107 ± 0.036"
+    assert confirmation(scores, ("hpa_z", "tuned")) is None
+
+    print_report(tmp_path)
+    printed = capsys.readouterr().out
+    assert "## Every dataset, 32 px, 12 epochs" in printed
+    assert "chosen for the defaults: hpa_x at tuned (0.143)" in printed

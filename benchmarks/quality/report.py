@@ -17,8 +17,11 @@ selection (validation images): each variant's val macro F1 at the epoch kept by 
 thresholds chosen without the images they score (``0.5``; ``rate``, from the train label rates;
 ``tuned``, cross-fitted on two halves of val, ``cross_fitted_decisions``), and the hpa variant
 and policy, and the plain loop's policy, that it chooses. Then the report (test images, no
-choice made on them): the verdict on that choice (``verdict``) and the tables. Last, per dataset,
-runs compared at equal optimizer steps rather than equal epochs (``equal_step_pairs``).
+choice made on them): the verdict on that choice (``verdict``) and the tables. Then, per image
+size and budget, the defaults: the hpa variant and policy with the best val macro F1 averaged
+over the datasets (``choose_defaults``; one default serves every set), and that choice on each
+dataset's test images against today's defaults and the plain loop (``confirmation``). Last, per
+dataset, runs compared at equal optimizer steps rather than equal epochs (``equal_step_pairs``).
 """
 
 from __future__ import annotations
@@ -498,6 +501,82 @@ def steps_section(scores: pd.DataFrame, steps: pd.DataFrame, rule: str = "val_f1
     )
 
 
+def pooled_selection(selection: pd.DataFrame) -> pd.DataFrame:
+    """hpa variants x selection policies: val macro F1 averaged over the datasets (each one's
+    mean over seeds), for the variants run on every dataset of ``selection``: one default has
+    to serve every set, so it is chosen on all of them at once."""
+    ours = selection[~selection.variant.map(is_plain)]
+    per_dataset = ours.groupby(["variant", "policy", "dataset"]).val_macro_f1.mean()
+    pooled = per_dataset.unstack("dataset").dropna().mean(axis=1).unstack("policy")
+    pooled = pooled.reindex(columns=[p for p in SELECTION_POLICIES if p in pooled.columns])
+    return pooled.reindex(sorted(pooled.index, key=_variant_order))
+
+
+def choose_defaults(selection: pd.DataFrame) -> tuple[str, str, float] | None:
+    """(variant, policy, pooled val macro F1): the best of ``pooled_selection``; None without
+    an hpa variant run on every dataset."""
+    pooled = pooled_selection(selection).stack()
+    if pooled.empty:
+        return None
+    variant, policy = pooled.idxmax()
+    return variant, policy, float(pooled.max())
+
+
+def confirmation(scores: pd.DataFrame, chosen: tuple[str, str], rule: str = "val_f1"):
+    """Per dataset, on test: the chosen variant at its chosen policy and at 0.5, today's
+    defaults (``hpa`` at rate) and the plain loop at tuned thresholds (mean +- sd over seeds),
+    and the chosen variant's per-seed lead over each (mean, sd of the differences). None
+    without runs of the chosen variant."""
+    kept = scores[scores.rule == rule]
+    variant, policy = chosen
+    rows, index = [], []
+    for dataset in sorted(set(scores.dataset)):
+        here = kept[kept.dataset == dataset]
+
+        def f1(name: str, at: str, here: pd.DataFrame = here) -> pd.Series:
+            return here[(here.variant == name) & (here.policy == at)].set_index("seed").macro_f1
+
+        ours = f1(variant, policy)
+        if ours.empty:
+            continue
+        row = {
+            "chosen": _mean_sd(ours),
+            "chosen at 0.5": _mean_sd(f1(variant, "0.5")),
+        }
+        for name, at, label in (("hpa", "rate", "hpa at rate"), ("plain", "tuned", "plain tuned")):
+            other = f1(name, at)
+            seeds = sorted(set(ours.index) & set(other.index))
+            difference = ours[seeds] - other[seeds]
+            row[label] = _mean_sd(other[seeds]) if seeds else "n/a"
+            row[f"lead over {label}"] = _mean_sd(difference) if seeds else "n/a"
+        rows.append(row)
+        index.append(dataset)
+    if not rows:
+        return None
+    return pd.DataFrame(rows, index=pd.Index(index, name="dataset"))
+
+
+def defaults_section(scores: pd.DataFrame, selection: pd.DataFrame, rule: str = "val_f1") -> str:
+    """The markdown of one image size and budget: the default chosen on the validation images
+    of every dataset, then that choice on each dataset's test images."""
+    chosen = choose_defaults(selection)
+    text = (
+        "### The defaults, chosen on validation over every dataset\n\n"
+        "val macro F1 as in each dataset's selection, averaged over the datasets\n\n"
+        + markdown(pooled_selection(selection).map(lambda value: f"{value:.3f}"))
+    )
+    if chosen is None:
+        return text + "\n\nno hpa variant was run on every dataset"
+    variant, policy, value = chosen
+    text += f"\n\nchosen for the defaults: {variant} at {policy} ({value:.3f})\n\n"
+    table = confirmation(scores, (variant, policy), rule)
+    return text + (
+        "test macro F1 (epoch kept by "
+        f"{rule}) of that choice, mean ± sd over seeds; leads are per-seed differences\n\n"
+        + ("no test runs" if table is None else markdown(table, "dataset"))
+    )
+
+
 def print_report(out: Path, rule: str = "val_f1", csv: Path | None = None) -> pd.DataFrame:
     scores, selection, steps = evaluate_all(out, rule)
     if scores.empty:
@@ -512,6 +591,10 @@ def print_report(out: Path, rule: str = "val_f1", csv: Path | None = None) -> pd
         text, chosen = selection_section(selection[here & (selection.epochs == budget)], rule)
         print(text + "\n")
         print(report_section(group, chosen, rule))
+    for (size, budget), group in scores.groupby(["image_size", "epochs"]):
+        print(f"\n## Every dataset, {size} px, {budget} epochs\n")
+        here = (selection.image_size == size) & (selection.epochs == budget)
+        print(defaults_section(group, selection[here], rule))
     for (dataset, size), group in scores.groupby(["dataset", "image_size"]):
         print(f"\n## {dataset}, {size} px: equal optimizer steps (test images)\n")
         here = steps[(steps.dataset == dataset) & (steps.image_size == size)]
