@@ -142,8 +142,11 @@ def _input_sizes(
     return sizes
 
 
-def onnx_metadata(module: HPAModule, image_size: int, train_config: str) -> dict[str, str]:
-    """The ``metadata_props`` of the exported file (JSON values, the config as given)."""
+def onnx_metadata(
+    module: HPAModule, image_size: int, train_config: str, load_size: int | None = None
+) -> dict[str, str]:
+    """The ``metadata_props`` of the exported file (JSON values, the config as given);
+    ``load_size`` None: images are read at ``image_size``."""
     thresholds = module.class_thresholds.detach().cpu().double().tolist()
     label_set = module.label_set
     if len(thresholds) != label_set.num_classes:
@@ -157,6 +160,7 @@ def onnx_metadata(module: HPAModule, image_size: int, train_config: str) -> dict
         onnx_runtime.THRESHOLDS_KEY: json.dumps(thresholds),
         onnx_runtime.ENSURE_ONE_LABEL_KEY: json.dumps(bool(module.hparams.ensure_one_label)),
         onnx_runtime.IMAGE_SIZE_KEY: json.dumps(int(image_size)),
+        onnx_runtime.LOAD_SIZE_KEY: json.dumps(int(load_size or image_size)),
         onnx_runtime.MODEL_NAME_KEY: str(module.hparams.name),
         onnx_runtime.TRAIN_CONFIG_KEY: train_config,
     }
@@ -194,11 +198,15 @@ def export_onnx(
     check_images: np.ndarray | None = None,
     num_random_images: int = NUM_RANDOM_CHECK_IMAGES,
     tolerance: float = DEFAULT_TOLERANCE,
+    load_size: int | None = None,
 ) -> float:
     """Write ``module`` as an .onnx file at ``path`` (atomically) and return the largest
     probability difference between onnxruntime and torch found by the parity check.
 
     ``image_size``: the side of the square images the file takes (the training size).
+    ``load_size``: the side images are read at before their centre ``image_size`` crop, as the
+    run read its val and test images (``data.load_size``; None: ``image_size``), stored in the
+    metadata for ``hpa-predict backend=onnx``.
     ``train_config``: the training config as YAML or JSON text, stored in the metadata.
     ``check_images``: uint8 (N, 4, S, S) real images for the parity check, to which
     ``num_random_images`` noise images are added. Above ``tolerance`` raises OnnxParityError
@@ -228,7 +236,9 @@ def export_onnx(
     with atomic_path(path) as temporary:
         _trace_to_onnx(exported, example, temporary)
         model = onnx.load(temporary)
-        onnx.helper.set_model_props(model, onnx_metadata(module, image_size, train_config))
+        onnx.helper.set_model_props(
+            model, onnx_metadata(module, image_size, train_config, load_size)
+        )
         onnx.checker.check_model(model)
         onnx.save(model, temporary)
         difference = max_probability_difference(temporary, reference, images)

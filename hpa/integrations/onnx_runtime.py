@@ -32,6 +32,9 @@ LABEL_SET_KEY = "hpa.label_set"  # LabelSet.to_dict(); files exported before it:
 THRESHOLDS_KEY = "hpa.class_thresholds"
 ENSURE_ONE_LABEL_KEY = "hpa.ensure_one_label"
 IMAGE_SIZE_KEY = "hpa.image_size"
+# the size images are read at before their centre image_size crop (a run trained on crops,
+# data.load_size); files exported before it: the image size
+LOAD_SIZE_KEY = "hpa.load_size"
 MODEL_NAME_KEY = "hpa.model_name"
 TRAIN_CONFIG_KEY = "hpa.train_config"  # the training run's config, as the exporter was given it
 REQUIRED_KEYS = (CLASS_NAMES_KEY, THRESHOLDS_KEY, ENSURE_ONE_LABEL_KEY, IMAGE_SIZE_KEY)
@@ -79,6 +82,7 @@ class OnnxPredictor:
 
     Attributes read from the file's metadata: ``label_set`` and its ``class_names``,
     ``thresholds`` (one float per class), ``ensure_one_label``, ``image_size`` (the side in pixels the images must have),
+    ``load_size`` (the side images are read at before their centre ``image_size`` crop),
     ``model_name`` and ``train_config`` (the training config as text; "" when not recorded).
     """
 
@@ -101,6 +105,7 @@ class OnnxPredictor:
             self.thresholds = np.asarray(json.loads(metadata[THRESHOLDS_KEY]), dtype=np.float64)
             self.ensure_one_label = bool(json.loads(metadata[ENSURE_ONE_LABEL_KEY]))
             self.image_size = int(json.loads(metadata[IMAGE_SIZE_KEY]))
+            self.load_size = int(json.loads(metadata.get(LOAD_SIZE_KEY, "null")) or self.image_size)
         except (ValueError, TypeError) as error:
             raise HPAInputError(f"{self.path}: unreadable hpa metadata ({error})") from None
         if self.thresholds.shape != (len(self.class_names),):

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from hpa.core.errors import HPAInputError
 from hpa.core.run_dir import RunDir
 from hpa.data.reader import read_sample
+from hpa.evaluation.tta import center_crop
 from hpa.integrations.onnx_export import export_onnx
 from hpa.models.checkpoints import checkpoint_paths, load_module
 from hpa.run.reporting import run_data_root
@@ -50,6 +51,9 @@ def export(cfg: DictConfig) -> Path:
     checkpoint = paths[0]
     trained_in = RunDir.of_checkpoint(checkpoint)
     image_size = trained_in.image_size_or(cfg.get("image_size"), checkpoint, "image_size")
+    # a run trained on crops read its val and test images larger and took their centre crop;
+    # with another image_size asked for, the whole image is read at that size
+    load_size = trained_in.load_size() if not cfg.get("image_size") else None
     output = Path(cfg.output) if cfg.get("output") else RunDir(cfg.paths.output_dir).onnx_model
     module = load_module(checkpoint)
     train_config = trained_in.config_text()
@@ -57,7 +61,9 @@ def export(cfg: DictConfig) -> Path:
         log.warning(
             "no %s beside %s: the export holds no training config", RunDir.CONFIG, checkpoint
         )
-    check_images, fallback = run_test_images(trained_in, int(cfg.check_images), int(image_size))
+    check_images, fallback = run_test_images(
+        trained_in, int(cfg.check_images), int(image_size), load_size
+    )
     difference = export_onnx(
         module,
         output,
@@ -66,6 +72,7 @@ def export(cfg: DictConfig) -> Path:
         check_images=check_images,
         num_random_images=int(cfg.random_images),
         tolerance=float(cfg.tolerance),
+        load_size=load_size,
     )
     log.info(
         "wrote %s: %s at %d px; max |onnxruntime - torch| probability %.3g on %d test and %d "
@@ -92,10 +99,11 @@ def export(cfg: DictConfig) -> Path:
 
 
 def run_test_images(
-    run: RunDir, count: int, image_size: int
+    run: RunDir, count: int, image_size: int, load_size: int | None = None
 ) -> tuple[np.ndarray | None, str | None]:
     """(up to ``count`` test-split images of a run, uint8 N x 4 x S x S, read from its data
-    root's train/ folder; None) or, with a warning, (None, why) when the run's split or images
+    root's train/ folder at ``load_size`` and centre-cropped to ``image_size``, as the run saw
+    them; None) or, with a warning, (None, why) when the run's split or images
     cannot be read: the check then runs on random images only, and export_check.json says
     why."""
     if count <= 0:
@@ -108,10 +116,10 @@ def run_test_images(
         if not len(ids):
             raise HPAInputError(f"{run.split_file} has no test split")
         images = [
-            read_sample(data_root / "train", sample_id, image_size)
+            read_sample(data_root / "train", sample_id, load_size or image_size)
             for sample_id in tqdm(ids, "reading test images", leave=False)
         ]
     except HPAInputError as error:
         log.warning("checking the export on random images only: %s", error)
         return None, str(error)
-    return np.stack(images), None
+    return center_crop(np.stack(images), image_size), None

@@ -23,7 +23,7 @@ from hpa.core.labels import LabelSet
 from hpa.data.cache import PackedImages, ensure_cache
 from hpa.data.reader import read_sample
 from hpa.evaluation import ensemble
-from hpa.evaluation.tta import CROP_TTA_MODES, check_tta_options, predict_with_tta
+from hpa.evaluation.tta import CROP_TTA_MODES, center_crop, check_tta_options, predict_with_tta
 from hpa.integrations.onnx_runtime import OnnxPredictor
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ def onnx_members(
     cfg: DictConfig, paths: Sequence[Path], image_dir: Path, ids: np.ndarray
 ) -> tuple[list[ensemble.Member], bool, LabelSet]:
     """(one ensemble member per .onnx file, ``ensure_one_label`` of the first, the label set they
-    share) on the images of ``ids``, at the image size the files were exported at; every file
+    share) on the images of ``ids``, at the image size the files were exported at (the centre
+    crop of images read at their load size, as their runs saw val and test images); every file
     reads the same batches."""
     if cfg.tta in CROP_TTA_MODES:
         raise HPAInputError(
@@ -42,7 +43,7 @@ def onnx_members(
         )
     check_tta_options(cfg.tta, cfg.tta_reduce)
     predictors = [OnnxPredictor(path) for path in paths]
-    image_size = _image_size(predictors, cfg.data.get("image_size"))
+    image_size, load_size = _image_sizes(predictors, cfg.data.get("image_size"))
     label_set = predictors[0].label_set
     for predictor in predictors[1:]:
         if predictor.label_set != label_set:
@@ -59,7 +60,7 @@ def onnx_members(
         cfg.tta,
     )
     probabilities = [np.zeros((len(ids), label_set.num_classes)) for _ in predictors]
-    batches = _image_batches(cfg, image_dir, ids, image_size)
+    batches = _image_batches(cfg, image_dir, ids, image_size, load_size)
     for rows, images in tqdm(batches, "predicting", total=-(-len(ids) // cfg.data.batch_size)):
         for predictor, table in zip(predictors, probabilities, strict=True):
             table[rows] = predict_with_tta(predictor.probabilities, images, cfg.tta, cfg.tta_reduce)
@@ -70,34 +71,39 @@ def onnx_members(
     return members, predictors[0].ensure_one_label, label_set
 
 
-def _image_size(predictors: Sequence[OnnxPredictor], requested: int | None) -> int:
-    sizes = {predictor.path: predictor.image_size for predictor in predictors}
+def _image_sizes(predictors: Sequence[OnnxPredictor], requested: int | None) -> tuple[int, int]:
+    """(image size, load size) that every file shares."""
+    sizes = {
+        predictor.path: (predictor.image_size, predictor.load_size) for predictor in predictors
+    }
     if len(set(sizes.values())) > 1:
-        described = ", ".join(f"{path}: {size} px" for path, size in sizes.items())
+        described = ", ".join(
+            f"{path}: {size} px crops of {load} px images" for path, (size, load) in sizes.items()
+        )
         raise HPAInputError(f"the ONNX models take different image sizes ({described})")
-    image_size = next(iter(sizes.values()))
+    image_size, load_size = next(iter(sizes.values()))
     if requested and int(requested) != image_size:
         raise HPAInputError(
             f"data.image_size={requested}, but {predictors[0].path} takes {image_size} px images "
             "only (the size it was exported at): leave data.image_size unset"
         )
-    return image_size
+    return image_size, load_size
 
 
 def _image_batches(
-    cfg: DictConfig, image_dir: Path, ids: np.ndarray, image_size: int
+    cfg: DictConfig, image_dir: Path, ids: np.ndarray, image_size: int, load_size: int
 ) -> Iterator[tuple[slice, np.ndarray]]:
-    """(rows, uint8 B x 4 x S x S batch) in ``ids`` order: from the packed cache with
-    ``data.cache=true`` (built if needed), else decoded from the files, as the torch backend's
-    ``RGBYDataset`` reads them."""
+    """(rows, uint8 B x 4 x S x S batch) in ``ids`` order, read at ``load_size`` and
+    centre-cropped to ``image_size``: from the packed cache with ``data.cache=true`` (built if
+    needed), else decoded from the files, as the torch backend's ``RGBYDataset`` reads them."""
     cache: PackedImages | None = None
     if cfg.data.get("cache"):
-        cache = ensure_cache(image_dir, ids, image_size, cfg.data.get("cache_dir"))
+        cache = ensure_cache(image_dir, ids, load_size, cfg.data.get("cache_dir"))
     batch_size = int(cfg.data.batch_size)
     for start in range(0, len(ids), batch_size):
         rows = slice(start, min(start + batch_size, len(ids)))
         if cache is not None:
             images = [cache[row] for row in range(rows.start, rows.stop)]
         else:
-            images = [read_sample(image_dir, sample_id, image_size) for sample_id in ids[rows]]
-        yield rows, np.stack(images)
+            images = [read_sample(image_dir, sample_id, load_size) for sample_id in ids[rows]]
+        yield rows, center_crop(np.stack(images), image_size)
