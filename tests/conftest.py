@@ -15,6 +15,8 @@ from shared_data import (
     write_drawn_kaggle_train_csv,
 )
 
+import hpa  # noqa: F401 (registers the resolvers of hpa's configs, hpa.core.resolvers)
+
 SHARED_DATA_DIR = hpa2018_dir()
 
 

@@ -11,6 +11,7 @@ from cli import run_module
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = [
@@ -91,6 +92,54 @@ def test_experiment_overrides_take_effect(tmp_path: Path):
     assert winners["model"]["name"] == "densenet121"
     assert winners["loss"]["_target_"].endswith("FocalLoss")
     assert winners["data"]["image_size"] == 512
+
+
+def test_the_defaults_oversample_and_train_on_crops_of_images_read_at_one_and_a_quarter(
+    tmp_path: Path,
+):
+    job = resolved(compose_train([], tmp_path))
+    assert job["loss"]["_target_"].endswith("WeightedSum")
+    assert job["loss"]["terms"].keys() == {"focal", "lovasz"}
+    assert job["data"]["oversample"] is True
+    sampler = job["data"]["sampler"]
+    assert (sampler["strategy"], sampler["power"], sampler["draws"]) == (
+        "inverse_frequency",
+        0.25,
+        "repeat",
+    )
+    assert (job["data"]["image_size"], job["data"]["load_size"]) == (128, 160)
+    # the read size follows the image size asked for; null reads whole images
+    bigger = resolved(compose_train(["data=hpa", "data.root=/nowhere"], tmp_path))["data"]
+    assert (bigger["image_size"], bigger["load_size"]) == (512, 640)
+    whole = resolved(compose_train(["data.load_size=null"], tmp_path))["data"]
+    assert whole["load_size"] is None
+    # the recipe names today's defaults; the experiments that replicate a source keep theirs
+    recipe = resolved(compose_train(["experiment=tuned_recipe"], tmp_path))
+    for key in ("loss", "model"):
+        assert recipe[key] == job[key], key
+    assert {**recipe["data"], "synthetic": None} == {**job["data"], "synthetic": None}
+    for name in ("seed_cnn_baseline", "seed_resnet50_oversample", "winners_densenet121"):
+        assert (
+            resolved(compose_train([f"experiment={name}"], tmp_path))["data"]["load_size"] is None
+        )
+    seed = resolved(compose_train(["experiment=seed_resnet50_oversample"], tmp_path))["data"]
+    assert seed["sampler"]["strategy"] == "minority"
+    cells = resolved(compose_train(["experiment=single_cell"], tmp_path))
+    assert (cells["data"]["oversample"], cells["data"]["load_size"]) == (False, None)
+    assert cells["loss"]["pos_weight"] == "balanced"
+
+
+@pytest.mark.parametrize(
+    "arguments,problem",
+    [("128,0", "both must be positive"), ("-8,1.25", "both must be positive"), ("a,2", "numbers")],
+)
+def test_a_bad_scaled_size_is_refused_by_name(arguments: str, problem: str):
+    config = OmegaConf.create({"load_size": "${hpa.scaled:" + arguments + "}"})
+    # OmegaConf names the key and wraps hpa's message
+    with pytest.raises(
+        InterpolationResolutionError, match=rf"hpa\.scaled.*{problem}(.|\n)*load_size"
+    ):
+        OmegaConf.to_container(config, resolve=True)
 
 
 def test_debug_fast_drops_the_logger_and_shortens_the_run(tmp_path: Path):

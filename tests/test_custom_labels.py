@@ -100,9 +100,13 @@ def test_class_counts_are_those_of_the_train_split(six_class_run) -> None:
         expected[[int(c) for c in target.split()]] += 1
     np.testing.assert_array_equal(counts["train_images"], expected)
     np.testing.assert_allclose(counts["train_rate"], expected / len(train_ids))
-    # balanced BCE (the default loss): (N - n) / n clipped at 10, from these counts
-    expected_weight = np.minimum((len(train_ids) - expected) / np.maximum(expected, 1), 10.0)
-    np.testing.assert_allclose(counts["pos_weight"], expected_weight, rtol=1e-6)
+    # the default loss (focal + Lovasz) weighs no positives; the default oversampling weighs
+    # each class (largest count / its count) ** 0.25, from these counts (1 for an absent class)
+    np.testing.assert_array_equal(counts["pos_weight"], np.ones(6))
+    present = expected > 0
+    sampler_weight = np.ones(6)
+    sampler_weight[present] = (expected.max() / expected[present]) ** 0.25
+    np.testing.assert_allclose(counts["sampler_weight"], sampler_weight, rtol=1e-6)
 
 
 def test_eval_predict_export_and_explain_take_the_classes_from_the_checkpoint(

@@ -18,8 +18,10 @@ from shared_data import hpa2018_dir
 
 from hpa.core.errors import HPAInputError
 from hpa.core.labels import CHANNELS, HPA2018
+from hpa.core.run_dir import RunDir
 from hpa.data.reader import read_sample, tint
 from hpa.evaluation.thresholds import binarize
+from hpa.integrations.onnx_runtime import OnnxPredictor
 from hpa.models.checkpoints import load_module
 from hpa.run.predicting import model_paths
 
@@ -140,16 +142,18 @@ def test_predicts_a_folder_of_hpas_tinted_jpgs(trained, real_channels_dir: Path,
 
 def test_the_submission_is_the_checkpoints_decisions_on_every_test_image(trained, tmp_path: Path):
     """Trainer.predict with its writer gives, row for row, what the loaded model computes on
-    each test image by hand, decided by the one decision rule at its stored thresholds."""
+    each test image by hand, decided by the one decision rule at its stored thresholds. The run
+    trained on 64 px crops of images read at 80 px (the defaults' 1.25 x): each test image is
+    read at 80 px and its centre 64 px crop scored."""
     checkpoint, data_root = trained
+    assert RunDir.of_checkpoint(checkpoint).load_size() == 80
     assert predict(checkpoint, data_root, tmp_path).returncode == 0
     submission, probabilities = read_output(tmp_path)
 
     model = load_module(checkpoint).eval()
     ids = submission["Id"].tolist()
-    images = torch.from_numpy(
-        np.stack([read_sample(data_root / "test", sample_id, 64) for sample_id in ids])
-    )
+    read = np.stack([read_sample(data_root / "test", sample_id, 80) for sample_id in ids])
+    images = torch.from_numpy(np.ascontiguousarray(read[..., 8:72, 8:72]))
     with torch.inference_mode():
         expected = model.probabilities(images).numpy()
     np.testing.assert_allclose(probabilities[list(HPA2018.class_names)], expected, atol=1e-5)
@@ -178,7 +182,11 @@ def exported(trained, tmp_path_factory) -> Path:
 
 
 def test_onnx_backend_writes_the_submission_of_the_torch_backend(trained, exported, tmp_path):
+    """The run trained on 64 px crops of 80 px reads: the file says so, and both backends score
+    the centre 64 px crop of each test image read at 80 px."""
     checkpoint, data_root = trained
+    exported_file = OnnxPredictor(exported)
+    assert (exported_file.image_size, exported_file.load_size) == (64, 80)
     assert predict(checkpoint, data_root, tmp_path / "torch", "tta=flips").returncode == 0
     result = predict(exported, data_root, tmp_path / "onnx", "tta=flips")  # backend from suffix
     assert result.returncode == 0, result.stderr[-3000:]

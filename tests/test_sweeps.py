@@ -76,7 +76,7 @@ def test_optuna_config_composes_a_maximising_search():
         "optimizer.lr",
         "optimizer.weight_decay",
         "loss",
-        "data.sampler.boost",
+        "data.sampler.power",
         "data.image_size",
     }
     assert cfg.data.oversample is True
@@ -102,7 +102,7 @@ def test_optuna_study_in_sqlite_records_a_failed_trial_and_finishes(tmp_path: Pa
         *TINY_RUN,
         "optimizer.lr=1e-3",
         "loss=bce",
-        "data.sampler.boost=4",
+        "data.sampler.power=0.5",
         "optimizer.weight_decay=choice(0.0,-1.0)",
     )
     assert result.returncode == 0, result.stderr[-3000:]
