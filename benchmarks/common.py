@@ -51,6 +51,16 @@ def real_sample_root(root: Path, num_samples: int) -> Path:
     return root
 
 
+def merged(*override_lists: tuple[str, ...]) -> list[str]:
+    """The overrides of all lists, a later value of a key replacing an earlier one (Hydra refuses
+    a key given twice)."""
+    by_key: dict[str, str] = {}
+    for overrides in override_lists:
+        for override in overrides:
+            by_key[override.split("=", 1)[0]] = override
+    return list(by_key.values())
+
+
 def train_config(*overrides: str) -> DictConfig:
     """The composed ``hpa.train`` config (what ``python -m hpa.train OVERRIDES`` runs from the
     repository root), its run directory under ``logs/bench``."""

@@ -1,6 +1,6 @@
 """The levers of the 2018 leaderboard added one at a time, on the synthetic default, over seeds:
-the seed's baseline, today's defaults, the tuned recipe (``experiment=tuned_recipe``), then each
-lever on top of today's defaults (so that each row changes one thing), and the table of
+the seed's baseline, today's defaults, the defaults before 2026-12-07, then each lever on top of
+today's defaults (so that each row changes one thing), and the table of
 ``hpa.compare --group-seeds`` (mean ± sd of test macro F1, sample F1 and minority recall over
 the seeds). docs/levers.md lists them.
 
@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import REPO
+from benchmarks.common import REPO, merged
 from hpa.core.run_dir import RunDir
 
 log = logging.getLogger("benchmarks.levers")
@@ -43,29 +43,37 @@ class Lever:
     base: str | None = None
 
 
-def levers(last: int, load_size: int, stage2_size: int, stage2_epochs: int) -> list[Lever]:
-    """Every lever: ``last`` epochs averaged, crops of images read at ``load_size``, a second
-    stage at ``stage2_size`` for ``stage2_epochs``."""
+def levers(last: int, stage2_size: int, stage2_epochs: int) -> list[Lever]:
+    """Every lever: ``last`` epochs averaged, a second stage at ``stage2_size`` for
+    ``stage2_epochs``. Since 2026-12-07 the defaults train with focal + Lovasz loss,
+    oversampling and random crops of images read at 1.25 x: the rows that undo one of them
+    (``bce_balanced``, ``no_oversampling``, ``whole_images``) say what it is worth here."""
     return [
         Lever("seed_baseline", "train", ("experiment=seed_cnn_baseline",)),
         Lever("defaults", "train", (f"callbacks.epoch_checkpoints.keep_last={last}",)),
         Lever("focal", "train", ("loss=focal",)),
         Lever("lovasz", "train", ("loss=lovasz",)),
-        Lever("focal_lovasz", "train", ("loss=focal_lovasz",)),
+        Lever("bce_balanced", "train", ("loss=bce_balanced",)),
         Lever("bce_ohem", "train", ("loss=bce_ohem",)),
         # a short run: an EMA spanning about 50 steps rather than the default's 1,000
         Lever("ema", "train", ("callbacks=ema", "callbacks.weight_averaging.decay=0.98")),
         Lever("swa", "train", ("callbacks=swa",)),
         Lever("average", "average", (f"--last={last}",), base="defaults"),
-        Lever("crops", "train", (f"data.load_size={load_size}",)),
-        Lever("dihedral_crops", "eval", ("tta=dihedral_crops", "tta_reduce=max"), base="crops"),
+        Lever("whole_images", "train", ("data.load_size=null",)),
+        Lever("no_oversampling", "train", ("data.oversample=false",)),
+        Lever("dihedral_crops", "eval", ("tta=dihedral_crops", "tta_reduce=max"), base="defaults"),
         Lever(
             "init_from",
             "stage2",
             (f"data.image_size={stage2_size}", f"trainer.max_epochs={stage2_epochs}"),
             base="defaults",
         ),
-        Lever("tuned_recipe", "train", ("experiment=tuned_recipe",)),
+        # the defaults until 2026-12-07
+        Lever(
+            "defaults_before_1207",
+            "train",
+            ("loss=bce_balanced", "data.oversample=false", "data.load_size=null"),
+        ),
     ]
 
 
@@ -111,16 +119,6 @@ def commands(lever: Lever, seed: int, root: Path, common: tuple[str, ...]) -> li
     raise ValueError(f"unknown lever kind {lever.kind!r}")
 
 
-def merged(*override_lists: tuple[str, ...]) -> list[str]:
-    """The overrides of all lists, a later value of a key replacing an earlier one (Hydra refuses
-    a key given twice)."""
-    by_key: dict[str, str] = {}
-    for overrides in override_lists:
-        for override in overrides:
-            by_key[override.split("=", 1)[0]] = override
-    return list(by_key.values())
-
-
 def finished(lever: Lever, seed: int, root: Path) -> bool:
     if lever.kind == "average":
         last = int(lever.overrides[0].removeprefix("--last="))
@@ -152,11 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
 
-    load_size, stage2_size = args.size * 5 // 4, args.size * 3 // 2
+    stage2_size = args.size * 3 // 2
     last = min(AVERAGED_EPOCHS, args.epochs)
-    every = {
-        lever.name: lever for lever in levers(last, load_size, stage2_size, args.epochs // 2 or 1)
-    }
+    every = {lever.name: lever for lever in levers(last, stage2_size, args.epochs // 2 or 1)}
     names = args.levers.split(",") if args.levers else list(every)
     unknown = [name for name in names if name not in every]
     if unknown:

@@ -342,3 +342,17 @@ def test_defaults_are_chosen_on_validation_of_every_dataset_and_confirmed_on_tes
     printed = capsys.readouterr().out
     assert "## Every dataset, 32 px, 12 epochs" in printed
     assert "chosen for the defaults: hpa_x at tuned (0.143)" in printed
+
+
+def test_every_variant_but_hpa_names_the_settings_whose_defaults_changed():
+    # the defaults of 2026-12-07 changed the loss, oversampling and the read size: a variant
+    # that left them to the defaults would change its meaning (and orphan its records) with them
+    changed = {"loss", "data.oversample", "data.load_size"}
+    for name, (program, arguments) in driver.VARIANTS.items():
+        if program != driver.HPA or name == "hpa":
+            continue
+        named = {argument.split("=", 1)[0] for argument in arguments}
+        assert changed <= named, name
+    dec07 = OmegaConf.to_container(train_config(*driver.VARIANTS["hpa_dec07"][1]), resolve=True)
+    assert dec07["data"]["oversample"] is False and dec07["data"]["load_size"] is None
+    assert dec07["loss"]["pos_weight"] == "balanced"

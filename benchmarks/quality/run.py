@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO
+from benchmarks.common import REPO, merged
 from benchmarks.quality.generate import ensure_independent_set
 from benchmarks.quality.record import RECORD_SUFFIX, RunKey, record_path
 from benchmarks.quality.report import print_report
@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 
 HPA = ("-m", "hpa.train")
 PLAIN = ("-m", "benchmarks.quality.plain")
+
+
+def _on(base: tuple[str, ...], *changes: str) -> tuple[str, ...]:
+    """``base``'s overrides with ``changes`` on top (a changed key replaces the base's)."""
+    return tuple(merged(base, changes))
+
+
 _WEAK_AFFINE = (
     "augment.affine.translate_percent=[-0.03,0.03]",
     "augment.affine.scale=[0.95,1.05]",
@@ -40,14 +47,24 @@ _WEAK_AFFINE = (
 )
 _INVERSE_FREQUENCY = ("data.sampler.strategy=inverse_frequency", "data.sampler.power=0.5")
 _NO_NORMALIZE = ("data.normalize.mean=[0,0,0,0]", "data.normalize.std=[1,1,1,1]")
+# hpa's defaults until 2026-12-07: balanced BCE, every image once an epoch, whole images (and
+# the sampler settings of that day, for the variants that turn oversampling on). The variants
+# below start from them, or from older defaults, so that they keep their meaning (and their
+# records) whatever today's defaults are
+DEC07 = (
+    "loss=bce_balanced",
+    "data.oversample=false",
+    "data.sampler.strategy=minority",
+    "data.sampler.power=0.5",
+    "data.load_size=null",
+)
 # hpa's defaults of 2026-11-30, before balanced BCE and the EMA joined them: the ablation table of
-# that day changes one of them at a time, and its variants below start from them so that they
-# keep their meaning (and their records) whatever today's defaults are
-NOV30 = ("loss=bce", "callbacks=default")
+# that day changes one of them at a time
+NOV30 = _on(DEC07, "loss=bce", "callbacks=default")
 # hpa's defaults before this benchmark (commit 24c2aa3): the first round's ablations change one
 # of them at a time
-BEFORE = (
-    *NOV30,
+BEFORE = _on(
+    NOV30,
     "augment=basic",
     "scheduler=cosine",
     "data.normalize.mean=null",
@@ -56,11 +73,13 @@ BEFORE = (
     "callbacks.early_stopping.mode=max",
 )
 # the way from BEFORE to the 2026-11-30 defaults: the two changes of the first round
-FLIPS_CONSTANT = (*BEFORE, "augment=flips", "scheduler=none")
-_RECIPE = ("data.oversample=true", "data.sampler.draws=repeat")  # today's sampler for a recipe
+FLIPS_CONSTANT = _on(BEFORE, "augment=flips", "scheduler=none")
+_RECIPE = ("data.oversample=true", "data.sampler.draws=repeat")  # the sampler of a recipe
 _RARE_IN_TRAIN = ("data.sampler.strategy=inverse_frequency", "data.sampler.power=0.25")
 _SEED_MINORITY = ("data.sampler.strategy=minority",)
-_TUNED = ("experiment=tuned_recipe", *_RARE_IN_TRAIN)  # the recipe, named whatever it holds
+# the tuned recipe of 2026-12-01 (experiment=tuned_recipe until 2026-12-07): the defaults of
+# DEC07 with oversampling by repeat draws (its strategy is each variant's)
+RECIPE_DEC01 = _on(DEC07, *_RECIPE)
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # name: (program, its arguments): plain.py flags or hpa.train overrides
     # the plain loop: one of the 8 D4 symmetries per image since 2026-12-07 (as hpa's
@@ -74,91 +93,98 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "plain_cosine": (PLAIN, ("--cosine",)),
     "plain_channels_last": (PLAIN, ("--channels-last",)),
     "plain_drop": (PLAIN, ("--drop-rate", "0.2")),
-    "hpa": (HPA, ()),  # today's defaults
+    # today's defaults (since 2026-12-07): oversampling of the classes rare in the train split,
+    # focal + Lovasz loss, random crops of images read at 1.25 x the image size (160 px for 128),
+    # the EMA, rate-matched thresholds. They were chosen on validation as tuned_focal_lovasz_crops
+    # (the 2026-12-01 recipe with focal + Lovasz and 160 px reads), whose settings they are: its
+    # records of 2026-12-07 are hpa's
+    "hpa": (HPA, ()),
+    # the defaults until 2026-12-07 (their records of that day were made as `hpa`)
+    "hpa_dec07": (HPA, DEC07),
     # the seven-class recipe (experiment=tuned_recipe until 2026-12-01): oversampling of the seed
-    # report's seven minority classes on today's defaults (its threshold policy, rate matching,
-    # is applied in the report)
-    "hpa_recipe_ema": (HPA, ("experiment=tuned_recipe", *_SEED_MINORITY)),
+    # report's seven minority classes on the 2026-12-01 defaults (its threshold policy, rate
+    # matching, is applied in the report)
+    "hpa_recipe_ema": (HPA, _on(RECIPE_DEC01, *_RARE_IN_TRAIN, *_SEED_MINORITY)),
     # the same with plain BCE
-    "hpa_recipe_bce_ema": (HPA, ("experiment=tuned_recipe", *_SEED_MINORITY, "loss=bce")),
-    # today's tuned recipe: oversampling of the classes rare in the train split (inverse
+    "hpa_recipe_bce_ema": (HPA, _on(RECIPE_DEC01, *_RARE_IN_TRAIN, *_SEED_MINORITY, "loss=bce")),
+    # the tuned recipe of 2026-12-01: oversampling of the classes rare in the train split (inverse
     # frequency) rather than the seven, which a 900-image set barely holds; its repeat draws make
     # an epoch about 1.5 times longer, so compare it with hpa at 1.5 times the epochs too
-    "hpa_recipe_invfreq_ema": (HPA, ("experiment=tuned_recipe", *_RARE_IN_TRAIN)),
+    "hpa_recipe_invfreq_ema": (HPA, _on(RECIPE_DEC01, *_RARE_IN_TRAIN)),
     # the same weights drawn with replacement: an epoch as long as the defaults' (equal steps)
     "hpa_recipe_invfreq_replacement_ema": (
         HPA,
-        ("experiment=tuned_recipe", *_RARE_IN_TRAIN, "data.sampler.draws=replacement"),
+        _on(RECIPE_DEC01, *_RARE_IN_TRAIN, "data.sampler.draws=replacement"),
     ),
-    # item 3 of issue 27, re-choosing the defaults: the tuned recipe with focal + Lovasz loss,
+    # the candidates of 2026-12-07 for today's defaults: that recipe with focal + Lovasz loss,
     # with random 128 px crops of images read at 160 px (data.load_size; val and test see the
-    # centre crop), and with both
-    "tuned_focal_lovasz": (HPA, (*_TUNED, "loss=focal_lovasz")),
-    "tuned_crops": (HPA, (*_TUNED, "data.load_size=160")),
-    "tuned_focal_lovasz_crops": (HPA, (*_TUNED, "loss=focal_lovasz", "data.load_size=160")),
+    # centre crop), and with both (now `hpa`)
+    "tuned_focal_lovasz": (HPA, _on(RECIPE_DEC01, *_RARE_IN_TRAIN, "loss=focal_lovasz")),
+    "tuned_crops": (HPA, _on(RECIPE_DEC01, *_RARE_IN_TRAIN, "data.load_size=160")),
     "hpa_nov30": (HPA, NOV30),
     # the 2026-11-30 defaults with the EMA, and with balanced BCE: each half of today's change
-    "hpa_plus_ema": (HPA, (*NOV30, "callbacks=ema")),
-    "hpa_plus_balanced": (HPA, (*NOV30, "loss=bce_balanced")),
+    "hpa_plus_ema": (HPA, _on(NOV30, "callbacks=ema")),
+    "hpa_plus_balanced": (HPA, _on(NOV30, "loss=bce_balanced")),
     # candidates for the tuned recipe on the 2026-11-30 defaults: milder or broader oversampling,
     # with BCE, focal loss or balanced BCE
-    "hpa_recipe": (HPA, (*NOV30, "data.oversample=true", "loss=focal")),
-    "hpa_plus_oversample": (HPA, (*NOV30, "data.oversample=true")),
-    "hpa_recipe_boost2": (HPA, (*NOV30, "data.oversample=true", "data.sampler.boost=2")),
-    "hpa_recipe_invfreq": (HPA, (*NOV30, "data.oversample=true", *_INVERSE_FREQUENCY)),
+    "hpa_recipe": (HPA, _on(NOV30, "data.oversample=true", "loss=focal")),
+    "hpa_plus_oversample": (HPA, _on(NOV30, "data.oversample=true")),
+    "hpa_recipe_boost2": (HPA, _on(NOV30, "data.oversample=true", "data.sampler.boost=2")),
+    "hpa_recipe_invfreq": (HPA, _on(NOV30, "data.oversample=true", *_INVERSE_FREQUENCY)),
     "hpa_recipe_invfreq_focal": (
         HPA,
-        (*NOV30, "data.oversample=true", *_INVERSE_FREQUENCY, "loss=focal"),
+        _on(NOV30, "data.oversample=true", *_INVERSE_FREQUENCY, "loss=focal"),
     ),
-    "hpa_recipe_repeat": (HPA, (*NOV30, *_RECIPE)),
-    "hpa_recipe_balanced_repeat": (HPA, (*NOV30, *_RECIPE, "loss=bce_balanced")),
+    "hpa_recipe_repeat": (HPA, _on(NOV30, *_RECIPE)),
+    "hpa_recipe_balanced_repeat": (HPA, _on(NOV30, *_RECIPE, "loss=bce_balanced")),
     "hpa_recipe_balanced_replacement": (
         HPA,
-        (*NOV30, "data.oversample=true", "data.sampler.draws=replacement", "loss=bce_balanced"),
+        _on(NOV30, "data.oversample=true", "data.sampler.draws=replacement", "loss=bce_balanced"),
     ),
     "hpa_recipe_boost2_balanced": (
         HPA,
-        (*NOV30, "data.oversample=true", "data.sampler.boost=2", "loss=bce_balanced"),
+        _on(NOV30, "data.oversample=true", "data.sampler.boost=2", "loss=bce_balanced"),
     ),
-    "hpa_plus_focal": (HPA, (*NOV30, "loss=focal")),
+    "hpa_plus_focal": (HPA, _on(NOV30, "loss=focal")),
     # the ablation table of the 2026-11-30 defaults, one change at a time (the first two put a
     # former default back, also measured at the long budget)
-    "hpa_plus_basic": (HPA, (*NOV30, "augment=basic")),
-    "hpa_plus_cosine": (HPA, (*NOV30, "scheduler=cosine")),
-    "hpa_plus_norm": (HPA, (*NOV30, "data.normalize.mean=null", "data.normalize.std=null")),
-    "hpa_plus_drop": (HPA, (*NOV30, "model.drop_rate=0.2")),
-    "hpa_channels_first": (HPA, (*NOV30, "model.channels_last=false")),
+    "hpa_plus_basic": (HPA, _on(NOV30, "augment=basic")),
+    "hpa_plus_cosine": (HPA, _on(NOV30, "scheduler=cosine")),
+    "hpa_plus_norm": (HPA, _on(NOV30, "data.normalize.mean=null", "data.normalize.std=null")),
+    "hpa_plus_drop": (HPA, _on(NOV30, "model.drop_rate=0.2")),
+    "hpa_channels_first": (HPA, _on(NOV30, "model.channels_last=false")),
     "hpa_stop_on_f1": (
         HPA,
-        (
-            *NOV30,
+        _on(
+            NOV30,
             "callbacks.early_stopping.monitor=val/f1_macro",
             "callbacks.early_stopping.mode=max",
         ),
     ),
     "hpa_flips_constant": (HPA, FLIPS_CONSTANT),
-    "hpa_flips_constant_no_norm": (HPA, (*FLIPS_CONSTANT, *_NO_NORMALIZE)),
-    "hpa_flips_constant_recipe": (HPA, (*FLIPS_CONSTANT, "data.oversample=true", "loss=focal")),
+    "hpa_flips_constant_no_norm": (HPA, _on(FLIPS_CONSTANT, *_NO_NORMALIZE)),
+    "hpa_flips_constant_recipe": (HPA, _on(FLIPS_CONSTANT, "data.oversample=true", "loss=focal")),
     "hpa_before": (HPA, BEFORE),
-    "hpa_flips": (HPA, (*BEFORE, "augment=flips")),
-    "hpa_noaug": (HPA, (*BEFORE, "augment=none")),
-    "hpa_no_dihedral": (HPA, (*BEFORE, "~augment.dihedral")),
-    "hpa_no_affine": (HPA, (*BEFORE, "~augment.affine")),
-    "hpa_no_brightness": (HPA, (*BEFORE, "~augment.brightness_contrast")),
-    "hpa_weak_affine": (HPA, (*BEFORE, *_WEAK_AFFINE)),
-    "hpa_no_norm": (HPA, (*BEFORE, *_NO_NORMALIZE)),
-    "hpa_no_scheduler": (HPA, (*BEFORE, "scheduler=none")),
-    "hpa_contiguous": (HPA, (*BEFORE, "model.channels_last=false")),
-    "hpa_drop": (HPA, (*BEFORE, "model.drop_rate=0.2")),
-    "hpa_oversample": (HPA, (*BEFORE, "data.oversample=true")),
-    "hpa_no_early_stop": (HPA, (*BEFORE, "callbacks.early_stopping=null")),
-    "hpa_focal": (HPA, (*BEFORE, "loss=focal")),
-    "hpa_oversample_focal": (HPA, (*BEFORE, "data.oversample=true", "loss=focal")),
+    "hpa_flips": (HPA, _on(BEFORE, "augment=flips")),
+    "hpa_noaug": (HPA, _on(BEFORE, "augment=none")),
+    "hpa_no_dihedral": (HPA, _on(BEFORE, "~augment.dihedral")),
+    "hpa_no_affine": (HPA, _on(BEFORE, "~augment.affine")),
+    "hpa_no_brightness": (HPA, _on(BEFORE, "~augment.brightness_contrast")),
+    "hpa_weak_affine": (HPA, _on(BEFORE, *_WEAK_AFFINE)),
+    "hpa_no_norm": (HPA, _on(BEFORE, *_NO_NORMALIZE)),
+    "hpa_no_scheduler": (HPA, _on(BEFORE, "scheduler=none")),
+    "hpa_contiguous": (HPA, _on(BEFORE, "model.channels_last=false")),
+    "hpa_drop": (HPA, _on(BEFORE, "model.drop_rate=0.2")),
+    "hpa_oversample": (HPA, _on(BEFORE, "data.oversample=true")),
+    "hpa_no_early_stop": (HPA, _on(BEFORE, "callbacks.early_stopping=null")),
+    "hpa_focal": (HPA, _on(BEFORE, "loss=focal")),
+    "hpa_oversample_focal": (HPA, _on(BEFORE, "data.oversample=true", "loss=focal")),
     # every ingredient of the plain loop at once (plain.py): AdamW lr 1e-3, weight decay 1e-4
     # (optimizer=adamw), batches of 32, plain BCE and raw weights (NOV30: loss=bce,
     # callbacks=default), one D4 symmetry per image (augment=flips), pixels / 255 and no channel
     # statistics, a constant rate, contiguous memory, no early stopping, no dropout (the
-    # default), every train image once an epoch (data.oversample=false, the default). What still
+    # default), every train image once an epoch and whole images (DEC07: data.oversample=false,
+    # data.load_size=null). What still
     # differs: the framework itself (Lightning, hpa's data pipeline: images decoded into its
     # cache and flipped as uint8 before the / 255, which gives the same values), the random
     # streams (initial weights, order, symmetries), and the last incomplete batch of an epoch,
@@ -166,8 +192,8 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # steps an epoch against 20 for the 628 train images of the independent set of 900
     "hpa_as_plain": (
         HPA,
-        (
-            *NOV30,
+        _on(
+            NOV30,
             "augment=flips",
             *_NO_NORMALIZE,
             "scheduler=none",
