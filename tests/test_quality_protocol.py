@@ -329,7 +329,7 @@ def test_defaults_are_chosen_on_validation_of_every_dataset_and_confirmed_on_tes
     assert choose_defaults(selection) == ("hpa_x", "tuned", pytest.approx(4 / C))
     assert choose_defaults(selection[selection.dataset == "toy-a"])[0] == "hpa_y"
 
-    table = confirmation(scores, ("hpa_x", "tuned"))
+    table = confirmation(scores, ("hpa_x", "tuned"), candidates=("hpa", "hpa_x"))
     assert list(table.index) == ["toy-a", "toy-b"]
     row = table.loc["toy-a"]
     # hpa_x 10, 11, 12 (/28): 0.393 +- 0.036; leads 1, 2, 3 over hpa and 2, 3, 4 over plain
