@@ -77,8 +77,10 @@ class EpochPredictions(pl.Callback):
         # the optimizer steps of the first epoch recorded (validation ends each epoch)
         self.record.meta.setdefault("steps_per_epoch", trainer.global_step - self.epoch_start_step)
         datasets = trainer.datamodule.datasets
-        val_probabilities, val_loss = self._predict(pl_module, datasets["val"])
-        test_probabilities, _ = self._predict(pl_module, datasets["test"])
+        # validation's own batches: a loss that is not a sum over images (Lovasz) depends on them
+        batch_size = trainer.datamodule.batch_size
+        val_probabilities, val_loss = self._predict(pl_module, datasets["val"], batch_size)
+        test_probabilities, _ = self._predict(pl_module, datasets["test"], batch_size)
         elapsed = time.perf_counter() - self.started
         self.record.add_epoch(
             trainer.current_epoch, elapsed, val_loss, val_probabilities, test_probabilities
@@ -86,10 +88,13 @@ class EpochPredictions(pl.Callback):
         self.record.save(self.path)
 
     @staticmethod
-    def _predict(pl_module: pl.LightningModule, dataset) -> tuple[np.ndarray, float]:
-        """Probabilities (N, 28) in dataset order, and the mean loss of the module's criterion."""
+    def _predict(
+        pl_module: pl.LightningModule, dataset, batch_size: int
+    ) -> tuple[np.ndarray, float]:
+        """Probabilities (N, 28) in dataset order, and the mean over images of the module's
+        criterion on batches of ``batch_size`` in that order (as validation computes it)."""
         probabilities, loss_sum = [], 0.0
-        loader = DataLoader(dataset, batch_size=64, collate_fn=collate_samples)
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
