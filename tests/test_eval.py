@@ -14,8 +14,9 @@ from cli import SMALL_SYNTHETIC_SET, run_module, train_multirun
 
 from hpa.core.labels import HPA2018
 from hpa.core.metric_names import TEST_F1_MACRO, TEST_F1_SAMPLES, TEST_LOSS
+from hpa.core.run_dir import RunDir
 from hpa.data.dataset import RGBYDataset
-from hpa.evaluation.tta import predict_with_tta
+from hpa.evaluation.tta import center_crop, predict_with_tta
 from hpa.models.checkpoints import load_module
 
 
@@ -81,8 +82,11 @@ def test_eval_with_dihedral_tta_averages_the_eight_symmetries(trained_run: Path,
     model = load_module(checkpoint).eval()
     data_root = next((trained_run.parent / "data").glob("synthetic-*"))
     ids = predictions["Id"].to_numpy()[:4]
-    dataset = RGBYDataset(data_root / "train", ids, None, image_size=64)
-    images = torch.stack([dataset[i]["image"] for i in range(len(ids))])
+    # the run trained on 64 px crops of images read at 80 px (the defaults' 1.25 x): evaluation
+    # scores the centre 64 px crop of each image read at 80 px
+    assert RunDir(trained_run).load_size() == 80
+    dataset = RGBYDataset(data_root / "train", ids, None, image_size=80)
+    images = center_crop(torch.stack([dataset[i]["image"] for i in range(len(ids))]), 64)
     with torch.no_grad():
         expected = predict_with_tta(lambda x: torch.sigmoid(model(x)), images, "dihedral")
         plain = torch.sigmoid(model(images))
