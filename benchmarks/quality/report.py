@@ -340,6 +340,13 @@ def choice_line(chosen: dict[str, tuple | None]) -> str:
     return "chosen on validation: " + "; ".join(parts)
 
 
+def seed_f1(scores: pd.DataFrame, variant: str, policy: str) -> pd.Series:
+    """Test macro F1 of ``variant`` at ``policy`` in ``scores`` (one rule, one dataset), by
+    seed."""
+    rows = scores[(scores.variant == variant) & (scores.policy == policy)]
+    return rows.set_index("seed").macro_f1
+
+
 def verdict(scores: pd.DataFrame, chosen: dict[str, tuple | None], rule: str = "val_f1"):
     """One row, the choice made on validation scored on test: the hpa variant and policy chosen
     and the plain loop at its chosen policy, test macro F1 (epoch kept by ``rule``) over the
@@ -349,12 +356,7 @@ def verdict(scores: pd.DataFrame, chosen: dict[str, tuple | None], rule: str = "
         return None
     (variant, policy, _), (plain_policy, _) = chosen["hpa"], chosen["plain"]
     kept = scores[scores.rule == rule]
-
-    def f1(name: str, at: str) -> pd.Series:
-        rows = kept[(kept.variant == name) & (kept.policy == at)]
-        return rows.set_index("seed").macro_f1
-
-    ours, plain = f1(variant, policy), f1("plain", plain_policy)
+    ours, plain = seed_f1(kept, variant, policy), seed_f1(kept, "plain", plain_policy)
     seeds = sorted(set(ours.index) & set(plain.index))
     if not seeds:
         return None
@@ -538,19 +540,15 @@ def confirmation(
     rows, index = [], []
     for dataset in sorted(set(scores.dataset)):
         here = kept[kept.dataset == dataset]
-
-        def f1(name: str, at: str, here: pd.DataFrame = here) -> pd.Series:
-            return here[(here.variant == name) & (here.policy == at)].set_index("seed").macro_f1
-
-        ours = f1(variant, policy)
+        ours = seed_f1(here, variant, policy)
         if ours.empty:
             continue
         row = {
             "chosen": _mean_sd(ours),
-            "chosen at 0.5": _mean_sd(f1(variant, "0.5")),
+            "chosen at 0.5": _mean_sd(seed_f1(here, variant, "0.5")),
         }
         for name, at, label in (*others, ("plain", "tuned", "plain tuned")):
-            other = f1(name, at)
+            other = seed_f1(here, name, at)
             seeds = sorted(set(ours.index) & set(other.index))
             difference = ours[seeds] - other[seeds]
             row[label] = _mean_sd(other[seeds]) if seeds else "n/a"
